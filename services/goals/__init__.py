@@ -1,0 +1,1 @@
+"""The goals service: cycles, objectives and key results."""

@@ -1,0 +1,34 @@
+"""Composition root of the goals service."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from pydantic import AliasChoices, Field
+
+from services.goals.application import GoalsApplication
+from services.goals.http import routers
+from shared.service import create_service
+from shared.settings import ServiceSettings
+
+
+class GoalsSettings(ServiceSettings):
+    service = "goals"
+    port: int = Field(
+        default=8001, ge=0, le=65535, validation_alias=AliasChoices("OKR_GOALS_PORT", "port")
+    )
+    database_schema: str = Field(
+        default="goals",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        validation_alias=AliasChoices("OKR_GOALS_DATABASE_SCHEMA", "database_schema"),
+    )
+
+
+def create_app(settings: GoalsSettings | None = None) -> FastAPI:
+    return create_service(
+        settings or GoalsSettings(),
+        GoalsApplication,
+        routers,
+        title="OKR goals service",
+        description="Cycles, objectives and key results. Every change is an event on "
+        "`okr.goals.>`.",
+    )

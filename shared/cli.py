@@ -1,0 +1,69 @@
+"""The `okr` command: run the system, mint tokens, declare the stream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import nats
+
+from shared.auth import mint_token
+from shared.nats import ensure_stream
+from shared.settings import Settings
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = Settings()
+    try:
+        secret = settings.jwt_secret_value()
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(mint_token(secret, args.subject, ttl_s=args.ttl or settings.token_ttl_s))
+    return 0
+
+
+def _stream(_: argparse.Namespace) -> int:
+    settings = Settings()
+
+    async def declare() -> None:
+        nc = await nats.connect(settings.nats_url, connect_timeout=2, max_reconnect_attempts=0)
+        try:
+            await ensure_stream(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+
+    asyncio.run(declare())
+    print(f"stream {settings.stream_name} ready at {settings.nats_url}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from shared.launcher import run
+
+    return run(args.services or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="okr", description="OKR services")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="start every service (and NATS if none is running)")
+    run.add_argument("services", nargs="*", help="only these services")
+    run.set_defaults(func=_run)
+
+    token = commands.add_parser("token", help="mint a bearer token for a local actor")
+    token.add_argument("subject", help="the actor (JWT sub) recorded on events")
+    token.add_argument("--ttl", type=int, default=0, help="lifetime in seconds")
+    token.set_defaults(func=_token)
+
+    stream = commands.add_parser("stream", help="create or update the JetStream stream")
+    stream.set_defaults(func=_stream)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

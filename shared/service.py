@@ -1,0 +1,141 @@
+"""The composition root every service uses: store, writer, NATS link, relay and HTTP app.
+
+Nothing connects at import time; `create_service` wires a service from its settings, and the
+FastAPI lifespan starts and stops the moving parts in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, FastAPI
+
+from shared.http import (
+    BodyLimitMiddleware,
+    Check,
+    MetricsMiddleware,
+    install_error_handlers,
+    operations_router,
+)
+from shared.nats import NatsLink
+from shared.relay import Relay
+from shared.settings import ServiceSettings
+from shared.store import ServiceApplication, store_env
+from shared.writer import CommandWriter
+
+RELAY_STUCK_AFTER_S = 30.0
+
+
+@dataclass
+class Runtime:
+    """The moving parts of a running service, reachable from routes as `app.state.runtime`."""
+
+    settings: ServiceSettings
+    app: ServiceApplication
+    writer: CommandWriter
+    link: NatsLink
+    relay: Relay
+    extra_checks: list[Check] = field(default_factory=list)
+
+
+def create_service(
+    settings: ServiceSettings,
+    application_class: type[ServiceApplication],
+    routers: list[APIRouter],
+    *,
+    title: str,
+    description: str,
+    on_runtime: Callable[[Runtime], None] | None = None,
+) -> FastAPI:
+    service = settings.service
+
+    @asynccontextmanager
+    async def lifespan(http: FastAPI) -> AsyncIterator[None]:
+        es_app = await asyncio.to_thread(application_class, store_env(settings))
+        writer = CommandWriter(
+            es_app,
+            service,
+            max_batch=settings.writer_max_batch,
+            cache_size=settings.aggregate_cache_size,
+        )
+        link = NatsLink(settings.nats_url, name=f"okr-{service}")
+        relay = Relay(
+            es_app,
+            service,
+            link,
+            stream=settings.stream_name,
+            batch_size=settings.relay_batch_size,
+            poll_interval=settings.relay_poll_interval_s,
+            publish_timeout=settings.relay_publish_timeout_s,
+        )
+        writer.on_saved(relay.wake)
+        runtime = Runtime(settings, es_app, writer, link, relay)
+        if on_runtime is not None:
+            on_runtime(runtime)
+        http.state.runtime = runtime
+        writer.start()
+        await link.start()
+        await relay.start()
+        try:
+            yield
+        finally:
+            await relay.stop()
+            await asyncio.to_thread(writer.stop)
+            await link.close()
+            await asyncio.to_thread(es_app.close)
+
+    http = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+    )
+    http.state.jwt_secret = settings.jwt_secret_value()
+    install_error_handlers(http)
+    for router in routers:
+        http.include_router(router)
+    http.include_router(operations_router(_checks(http)))
+    # Outermost first: metrics see every response, including 413s.
+    http.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    http.add_middleware(MetricsMiddleware, service=service)
+    return http
+
+
+def _checks(http: FastAPI) -> list[Check]:
+    def runtime() -> Runtime:
+        rt: Runtime = http.state.runtime
+        return rt
+
+    async def store() -> str | None:
+        await asyncio.to_thread(runtime().app.ping)
+        return None
+
+    async def nats() -> str | None:
+        return None if runtime().link.connected else "not connected"
+
+    async def relay() -> str | None:
+        r = runtime().relay
+        stuck = r.stuck_for()
+        if stuck > RELAY_STUCK_AFTER_S:
+            return f"no progress for {stuck:.0f}s ({r.last_error or 'backlog not draining'})"
+        return None
+
+    async def extra() -> str | None:
+        failures = []
+        for check in runtime().extra_checks:
+            failure = await check.run()
+            if failure:
+                failures.append(f"{check.name}: {failure}")
+        return "; ".join(failures) or None
+
+    return [
+        Check("store", store),
+        Check("nats", nats),
+        Check("relay", relay),
+        Check("consumers", extra),
+    ]

@@ -1,0 +1,124 @@
+"""Settings from `OKR_` environment variables, with a `.env` file honoured.
+
+One base class for what every service shares; each service adds its own port. Secrets have no
+default: the JWT secret comes from `OKR_JWT_SECRET` or, in the embedded default, from the file
+the launcher keeps in the data folder.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+
+DEFAULT_PORTS = {"goals": 8001, "checkins": 8002, "reviews": 8003, "projections": 8004}
+
+
+class Settings(BaseSettings):
+    """What every process of the system reads."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OKR_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    data_dir: Path = Path(".data")
+    database_url: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
+    host: str = "127.0.0.1"
+
+    # The JetStream stream every service publishes to (DESIGN §4).
+    stream_name: str = "OKR"
+    stream_subjects: str = "okr.>"
+    stream_max_age_days: float = Field(default=0, ge=0, description="0 keeps events forever")
+    stream_duplicate_window_s: float = Field(default=120, gt=0)
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    stream_storage: str = Field(default="file", pattern="^(file|memory)$")
+
+    # Bounds on what one request may carry.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # How the relay and the writer batch their work.
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_interval_s: float = Field(default=0.5, gt=0)
+    relay_publish_timeout_s: float = Field(default=5.0, gt=0)
+    writer_max_batch: int = Field(default=256, ge=1)
+    aggregate_cache_size: int = Field(default=10_000, ge=0)
+
+    # Bounded wait for read-your-writes (`min_position`).
+    read_wait_timeout_s: float = Field(default=5.0, ge=0)
+
+    # Token lifetime for locally minted tokens.
+    token_ttl_s: int = Field(default=12 * 3600, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip() == "":
+            return None
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("OKR_DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    def jwt_secret_value(self) -> str:
+        """The HS256 secret: from settings, else from the launcher's file in the data folder."""
+        if self.jwt_secret is not None and self.jwt_secret.get_secret_value():
+            return self.jwt_secret.get_secret_value()
+        path = self.data_dir / JWT_SECRET_FILE
+        if path.exists():
+            value = path.read_text().strip()
+            if value:
+                return value
+        raise RuntimeError(
+            "No JWT secret: set OKR_JWT_SECRET, or start the system with `okr run`, "
+            f"which keeps one in {path}"
+        )
+
+    def ensure_jwt_secret(self) -> str:
+        """Used by the launcher: keep a random secret in the data folder when none is set."""
+        try:
+            return self.jwt_secret_value()
+        except RuntimeError:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path = self.data_dir / JWT_SECRET_FILE
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+            return path.read_text().strip()
+
+
+class ServiceSettings(Settings):
+    """A service's settings: the shared ones plus its own name, port and schema.
+
+    Each service subclasses this with `service` set and its port read from `OKR_<SERVICE>_PORT`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="OKR_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    service: ClassVar[str] = ""
+    port: int = Field(default=0, ge=0, le=65535)
+    # PostgreSQL schema of the service's store; empty means the service name.
+    database_schema: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
+
+    def model_post_init(self, _context: object) -> None:
+        if not self.port:
+            self.port = DEFAULT_PORTS[self.service]
+        if not self.database_schema:
+            self.database_schema = self.service
+
+    @property
+    def source(self) -> str:
+        """The CloudEvents `source` of this service's events."""
+        return f"okr/{self.service}"

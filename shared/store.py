@@ -1,0 +1,229 @@
+"""The event store of a service: an `eventsourcing` Application on SQLite (embedded default) or
+PostgreSQL (when `OKR_DATABASE_URL` is set, one schema per service), never silently in memory.
+
+The recorders are the library's process recorders (events plus tracking rows in one
+transaction), extended with one table of our own: idempotency keys, written in the same
+transaction as the events of the command they answer, so a retried command can never be
+recorded twice and its first answer survives a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoding
+from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
+from eventsourcing.utils import Environment
+from psycopg.sql import SQL, Identifier
+
+from shared.settings import ServiceSettings
+
+RELAY_TRACKING_NAME = "relay:nats"
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """The first answer to a command sent with an `Idempotency-Key`."""
+
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class IdempotencyRecord:
+    """To be written with a command's events: its key, and its answer once positions are known.
+
+    `events` names the command's events (originator id, version); the recorder fills in the
+    highest of their notification ids as the answer's `position`, inside the same transaction.
+    """
+
+    key: str
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+    events: list[tuple[UUID, int]] = field(default_factory=list)
+    position_prefix: str = ""
+    created_at: float = field(default_factory=time.time)
+
+    def answer(self, ids_by_event: dict[tuple[UUID, int], int]) -> str:
+        body = dict(self.body)
+        if self.events:
+            position = max(ids_by_event[e] for e in self.events)
+            body["position"] = f"{self.position_prefix}{position}"
+        return json.dumps(body)
+
+
+def _ids_by_event(
+    stored_events: Sequence[StoredEvent], ids: Sequence[int] | None
+) -> dict[tuple[UUID, int], int]:
+    assert ids is not None and len(ids) == len(stored_events)
+    return {
+        (UUID(str(s.originator_id)), s.originator_version): i
+        for s, i in zip(stored_events, ids, strict=True)
+    }
+
+
+class SQLiteStoreRecorder(SQLiteProcessRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        statements = super().construct_create_table_statements()
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS idempotency_keys ("
+            "key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, "
+            "body TEXT NOT NULL, created_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        return statements
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        records: list[IdempotencyRecord] = kwargs.get("idempotency") or []
+        if records:
+            by_event = _ids_by_event(stored_events, ids)
+            # A duplicate key raises IntegrityError and rolls the whole transaction back.
+            c.executemany(
+                "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                [
+                    (r.key, r.fingerprint, r.status, r.answer(by_event), r.created_at)
+                    for r in records
+                ],
+            )
+        return ids
+
+    def find_answer(self, key: str) -> StoredAnswer | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT fingerprint, status, body FROM idempotency_keys WHERE key = ?", (key,)
+            )
+            row = c.fetchone()
+        if row is None:
+            return None
+        return StoredAnswer(row["fingerprint"], row["status"], json.loads(row["body"]))
+
+    def ping(self) -> None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT 1")
+
+
+class PostgresStoreRecorder(PostgresProcessRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        schema = Identifier(self.datastore.schema)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.idempotency_keys ("
+                "key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, "
+                "body TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)"
+            ).format(schema=schema)
+        )
+        self._insert_answer = SQL(
+            "INSERT INTO {schema}.idempotency_keys VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (key) DO NOTHING RETURNING key"
+        ).format(schema=schema)
+        self._select_answer = SQL(
+            "SELECT fingerprint, status, body FROM {schema}.idempotency_keys WHERE key = %s"
+        ).format(schema=schema)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        records: list[IdempotencyRecord] = kwargs.get("idempotency") or []
+        if records:
+            by_event = _ids_by_event(stored_events, ids)
+            for r in records:
+                curs.execute(
+                    self._insert_answer,
+                    (r.key, r.fingerprint, r.status, r.answer(by_event), r.created_at),
+                )
+                if curs.fetchone() is None:
+                    # Raised inside the library's transaction: everything rolls back.
+                    raise IntegrityError(f"Idempotency key already recorded: {r.key}")
+        return ids
+
+    def find_answer(self, key: str) -> StoredAnswer | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._select_answer, (key,))
+            row = curs.fetchone()
+        if row is None:
+            return None
+        return StoredAnswer(row["fingerprint"], row["status"], json.loads(row["body"]))
+
+    def ping(self) -> None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT 1")
+
+
+class DateAsISO(Transcoding):
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
+
+
+class ServiceApplication(Application):
+    """Base of every service's Application: configured only from our settings."""
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        # Deliberately not merged with os.environ: the library's own keys (and their
+        # application-prefixed variants) must not change where a service stores its events.
+        return Environment(name, dict(env or {}))
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(DateAsISO())
+
+    def find_answer(self, key: str) -> StoredAnswer | None:
+        return self.recorder.find_answer(key)  # type: ignore[attr-defined, no-any-return]
+
+    def ping(self) -> None:
+        self.recorder.ping()  # type: ignore[attr-defined]
+
+
+def store_env(settings: ServiceSettings) -> dict[str, str]:
+    """The library's settings for a service's store, from ours."""
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(settings.data_dir / f"{settings.service}.db"),
+            "SQLITE_LOCK_TIMEOUT": "10",
+            "APPLICATION_RECORDER_TOPIC": "shared.store:SQLiteStoreRecorder",
+        }
+    url = urlparse(settings.database_url.get_secret_value())
+    ensure_schema(settings.database_url.get_secret_value(), settings.database_schema)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_SCHEMA": settings.database_schema,
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_PRE_PING": "y",
+        "APPLICATION_RECORDER_TOPIC": "shared.store:PostgresStoreRecorder",
+    }
+
+
+def ensure_schema(database_url: str, schema: str) -> None:
+    """The library creates tables but not schemas: create the service's schema first."""
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))

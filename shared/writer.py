@@ -1,0 +1,453 @@
+"""The write path: one writer thread per service saving the commands of many concurrent
+requests in one transaction (group commit).
+
+`eventsourcing` is synchronous. Rather than block the event loop, or pay one transaction per
+request in the thread pool, async routes hand a command to this writer and await its answer.
+The writer takes whatever commands are queued, runs them one after another against aggregates
+it keeps cached, and saves all their events with one `app.save(...)`. When that save conflicts
+(another process wrote first) or a command failed half-way, it drops the cached aggregates and
+runs each command alone from a fresh load, so a conflict costs time, never a lost or doubled
+update. A command answered 2xx is committed; a refused command records nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from shared.domain import CommandContext, DomainError, NotFound, VersionMismatch, command_context
+from shared.store import IdempotencyRecord, ServiceApplication
+from shared.telemetry import COMMANDS, WRITER_BATCH
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=Aggregate)
+
+MAX_ATTEMPTS = 5
+
+
+class Conflict(DomainError):
+    """Concurrent writers kept conflicting; safe to retry (HTTP 409)."""
+
+
+class IdempotencyKeyReused(DomainError):
+    """The same Idempotency-Key was sent with a different request (HTTP 422)."""
+
+
+class StoreUnavailable(Exception):
+    """The event store could not be reached; nothing was recorded (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str  # already scoped to the actor
+    fingerprint: str  # hash of method, path and body
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+    @property
+    def version(self) -> int:
+        return int(self.body["version"])
+
+
+@dataclass
+class _Command:
+    run: Callable[[UnitOfWork], Aggregate]
+    context: CommandContext
+    idempotency: Idempotency | None
+    status: int
+    future: asyncio.Future[CommandResult]
+    loop: asyncio.AbstractEventLoop
+
+    def resolve(self, result: CommandResult | BaseException) -> None:
+        def _set() -> None:
+            if self.future.done():
+                return
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(_set)
+
+
+class AggregateCache:
+    """A bounded LRU of aggregates at their last saved version. Writer thread only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[UUID, Aggregate] = OrderedDict()
+
+    def get(self, aggregate_id: UUID) -> Aggregate | None:
+        agg = self._items.get(aggregate_id)
+        if agg is not None:
+            self._items.move_to_end(aggregate_id)
+        return agg
+
+    def put(self, agg: Aggregate) -> None:
+        if self.size <= 0:
+            return
+        self._items[agg.id] = agg
+        self._items.move_to_end(agg.id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def evict(self, aggregate_id: UUID) -> None:
+        self._items.pop(aggregate_id, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class UnitOfWork:
+    """What one command sees: aggregates by id, loaded once per batch, and what it changed."""
+
+    def __init__(
+        self,
+        app: ServiceApplication,
+        cache: AggregateCache | None,
+        batch: dict[UUID, Aggregate],
+    ) -> None:
+        self._app = app
+        self._cache = cache
+        self._batch = batch
+        # For each aggregate this command touched: its pending events when first touched.
+        self.pending_before: dict[UUID, int] = {}
+        self.new: list[Aggregate] = []
+
+    def get(self, aggregate_id: UUID, cls: type[A], what: str | None = None) -> A:
+        agg = self._batch.get(aggregate_id)
+        if agg is None and self._cache is not None:
+            agg = self._cache.get(aggregate_id)
+        if agg is None:
+            try:
+                agg = self._app.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                agg = None
+        if not isinstance(agg, cls):
+            raise NotFound(f"No {what or cls.__name__.lower()} with id {aggregate_id}")
+        self._batch[aggregate_id] = agg
+        if aggregate_id not in self.pending_before:
+            self.pending_before[aggregate_id] = len(agg.pending_events)
+        return agg
+
+    def add(self, agg: A) -> A:
+        self.new.append(agg)
+        return agg
+
+    @staticmethod
+    def expect_version(agg: Aggregate, expected: int | None) -> None:
+        if expected is not None and expected != agg.version:
+            raise VersionMismatch(expected, agg.version)
+
+    def changed_anything(self) -> bool:
+        return bool(self.new) or any(
+            len(self._batch[i].pending_events) > n for i, n in self.pending_before.items()
+        )
+
+    def events(self) -> list[tuple[UUID, int]]:
+        """(aggregate id, version) of every event this command triggered."""
+        keys: list[tuple[UUID, int]] = []
+        for agg in self.new:
+            keys.extend((agg.id, v) for v in range(1, agg.version + 1))
+        for agg_id, pending in self.pending_before.items():
+            agg = self._batch[agg_id]
+            first = agg.version - len(agg.pending_events) + pending + 1
+            keys.extend((agg_id, v) for v in range(first, agg.version + 1))
+        return keys
+
+
+class CommandWriter:
+    """Runs commands on a dedicated thread, saving each batch in one transaction."""
+
+    def __init__(
+        self,
+        app: ServiceApplication,
+        service: str,
+        *,
+        max_batch: int = 256,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.max_batch = max_batch
+        self.cache = AggregateCache(cache_size)
+        self._queue: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._on_saved: list[Callable[[], None]] = []
+
+    def on_saved(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the writer thread) after each commit."""
+        self._on_saved.append(callback)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, name=f"{self.service}-writer", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    async def execute(
+        self,
+        run: Callable[[UnitOfWork], Aggregate],
+        context: CommandContext,
+        *,
+        idempotency: Idempotency | None = None,
+        status: int = 200,
+    ) -> CommandResult:
+        """Run `run` (which returns the aggregate the command is about) and commit it."""
+        if self._thread is None:
+            raise RuntimeError("The writer is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CommandResult] = loop.create_future()
+        self._queue.put(_Command(run, context, idempotency, status, future, loop))
+        return await future
+
+    # --- the writer thread -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                self._run_batch(batch)
+            except BaseException as e:  # never leave a request waiting forever
+                log.exception("writer batch failed")
+                for cmd in batch:
+                    cmd.resolve(e)
+            if stop:
+                return
+
+    def _stored_answer(self, cmd: _Command) -> CommandResult | None:
+        if cmd.idempotency is None:
+            return None
+        answer = self.app.find_answer(cmd.idempotency.key)
+        if answer is None:
+            return None
+        if answer.fingerprint != cmd.idempotency.fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used for a different request"
+            )
+        return CommandResult(answer.status, answer.body, replayed=True)
+
+    def _run_batch(self, commands: list[_Command]) -> None:
+        WRITER_BATCH.labels(self.service).observe(len(commands))
+        batch: dict[UUID, Aggregate] = {}
+        done: list[tuple[_Command, list[tuple[UUID, int]], Aggregate]] = []
+        # Commands repeating a key already in this batch wait for the first one's answer.
+        followers: dict[str, list[_Command]] = {}
+        poisoned = False
+        for cmd in commands:
+            key = cmd.idempotency.key if cmd.idempotency else None
+            if key is not None and key in followers:
+                followers[key].append(cmd)
+                continue
+            try:
+                stored = self._stored_answer(cmd)
+            except DomainError as e:
+                self._finish(cmd, e)
+                continue
+            except PersistenceError as e:
+                self._finish(cmd, StoreUnavailable(str(e)))
+                continue
+            if stored is not None:
+                self._finish(cmd, stored)
+                continue
+            if key is not None:
+                followers[key] = []
+            uow = UnitOfWork(self.app, self.cache, batch)
+            try:
+                with command_context(cmd.context):
+                    primary = cmd.run(uow)
+            except DomainError as e:
+                poisoned = poisoned or uow.changed_anything()
+                self._finish(cmd, e)
+                continue
+            except PersistenceError as e:
+                poisoned = poisoned or uow.changed_anything()
+                self._finish(cmd, StoreUnavailable(str(e)))
+                continue
+            except Exception as e:
+                log.exception("command failed")
+                poisoned = poisoned or uow.changed_anything()
+                self._finish(cmd, e)
+                continue
+            events = uow.events()  # before saving clears the pending events
+            for agg in uow.new:
+                batch[agg.id] = agg
+            done.append((cmd, events, primary))
+
+        if poisoned:
+            # A refused command left events behind on a shared aggregate: start over, alone.
+            self._evict(batch)
+            results = {id(c): self._run_alone(c) for c, _, _ in done}
+        else:
+            results = self._save_batch(batch, done)
+
+        for cmd, _, _ in done:
+            result = results[id(cmd)]
+            self._finish(cmd, result)
+            if cmd.idempotency is not None:
+                for follower in followers.get(cmd.idempotency.key, []):
+                    self._finish(follower, _as_replay(result, cmd, follower))
+
+    def _save_batch(
+        self,
+        batch: dict[UUID, Aggregate],
+        done: list[tuple[_Command, list[tuple[UUID, int]], Aggregate]],
+    ) -> dict[int, CommandResult | BaseException]:
+        records = [
+            self._record(cmd, events, primary) for cmd, events, primary in done if cmd.idempotency
+        ]
+        aggregates = [a for a in batch.values() if a.pending_events]
+        try:
+            recordings = self.app.save(*aggregates, idempotency=records) if aggregates else []
+        except IntegrityError:
+            self._evict(batch)
+            return {id(c): self._run_alone(c) for c, _, _ in done}
+        except PersistenceError as e:
+            self._evict(batch)
+            return {id(c): StoreUnavailable(str(e)) for c, _, _ in done}
+        except Exception as e:
+            self._evict(batch)
+            return {id(c): e for c, _, _ in done}
+        for agg in batch.values():
+            self.cache.put(agg)
+        if recordings:
+            self._notify_saved()
+        ids = {
+            (UUID(str(r.notification.originator_id)), r.notification.originator_version): (
+                r.notification.id
+            )
+            for r in recordings
+        }
+        return {id(cmd): self._result(cmd, events, primary, ids) for cmd, events, primary in done}
+
+    def _run_alone(self, cmd: _Command) -> CommandResult | BaseException:
+        """Run one command from freshly loaded aggregates, retrying on conflicts."""
+        for _attempt in range(MAX_ATTEMPTS):
+            batch: dict[UUID, Aggregate] = {}
+            try:
+                stored = self._stored_answer(cmd)
+                if stored is not None:
+                    return stored
+                uow = UnitOfWork(self.app, None, batch)
+                with command_context(cmd.context):
+                    primary = cmd.run(uow)
+                events = uow.events()
+                for agg in uow.new:
+                    batch[agg.id] = agg
+                aggregates = [a for a in batch.values() if a.pending_events]
+                records = [self._record(cmd, events, primary)] if cmd.idempotency else []
+                recordings = self.app.save(*aggregates, idempotency=records) if aggregates else []
+            except IntegrityError:
+                continue
+            except DomainError as e:
+                return e
+            except PersistenceError as e:
+                return StoreUnavailable(str(e))
+            except Exception as e:
+                log.exception("command failed")
+                return e
+            for agg in batch.values():
+                self.cache.put(agg)
+            if recordings:
+                self._notify_saved()
+            ids = {
+                (UUID(str(r.notification.originator_id)), r.notification.originator_version): (
+                    r.notification.id
+                )
+                for r in recordings
+            }
+            return self._result(cmd, events, primary, ids)
+        return Conflict("The resource kept changing while this command ran; retry it")
+
+    def _record(
+        self, cmd: _Command, events: list[tuple[UUID, int]], primary: Aggregate
+    ) -> IdempotencyRecord:
+        assert cmd.idempotency is not None
+        return IdempotencyRecord(
+            key=cmd.idempotency.key,
+            fingerprint=cmd.idempotency.fingerprint,
+            status=cmd.status,
+            body={"id": str(primary.id), "version": primary.version, "position": None},
+            events=events,
+            position_prefix=f"{self.service}:",
+        )
+
+    def _result(
+        self,
+        cmd: _Command,
+        events: list[tuple[UUID, int]],
+        primary: Aggregate,
+        ids: dict[tuple[UUID, int], int],
+    ) -> CommandResult:
+        positions = [ids[k] for k in events if k in ids]
+        position = f"{self.service}:{max(positions)}" if positions else None
+        return CommandResult(
+            cmd.status, {"id": str(primary.id), "version": primary.version, "position": position}
+        )
+
+    def _finish(self, cmd: _Command, result: CommandResult | BaseException) -> None:
+        if isinstance(result, CommandResult):
+            outcome = "replayed" if result.replayed else "ok"
+        else:
+            outcome = type(result).__name__
+        COMMANDS.labels(self.service, outcome).inc()
+        cmd.resolve(result)
+
+    def _evict(self, batch: dict[UUID, Aggregate]) -> None:
+        for agg_id in batch:
+            self.cache.evict(agg_id)
+
+    def _notify_saved(self) -> None:
+        for callback in self._on_saved:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_saved callback failed")
+
+
+def _as_replay(
+    result: CommandResult | BaseException, first: _Command, cmd: _Command
+) -> CommandResult | BaseException:
+    """The answer for a command that repeated the key of an earlier one in the same batch."""
+    assert first.idempotency is not None and cmd.idempotency is not None
+    if first.idempotency.fingerprint != cmd.idempotency.fingerprint:
+        return IdempotencyKeyReused("This Idempotency-Key was already used for a different request")
+    if isinstance(result, CommandResult):
+        return CommandResult(result.status, result.body, replayed=True)
+    return result
