@@ -38,7 +38,7 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
     """
     config = stream_config(settings)
     try:
-        await js.stream_info(config.name)
+        await js.stream_info(settings.stream_name)
     except NotFoundError:
         await js.add_stream(config)
         log.info("created stream %s", config.name)

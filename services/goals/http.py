@@ -135,6 +135,7 @@ def _runtime(request: Request) -> Runtime:
 
 async def _read(request: Request, aggregate_id: UUID, cls: type, what: str) -> Any:
     app = _runtime(request).app
+    agg: Any
     try:
         agg = await asyncio.to_thread(app.repository.get, aggregate_id)
     except AggregateNotFoundError:

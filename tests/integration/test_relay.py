@@ -1,0 +1,223 @@
+"""The relay against a real nats-server and both stores: everything stored is published once
+in effect, in order, across relay crashes and NATS outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+
+from services.goals.application import GoalsApplication
+from services.goals.domain import Cycle
+from services.goals.main import GoalsSettings
+from shared.domain import CommandContext, command_context
+from shared.nats import NatsLink
+from shared.relay import Relay
+from shared.store import RELAY_TRACKING_NAME, store_env
+from shared.telemetry import RELAY_DUPLICATES
+from tests.support import SECRET, bodies, free_port, read_stream
+
+CTX = CommandContext(actor="loader", correlation_id="c", causation_id="c")
+
+
+def store_events(settings: GoalsSettings, count: int) -> GoalsApplication:
+    app = GoalsApplication(store_env(settings))
+    with command_context(CTX):
+        cycles = [
+            Cycle.schedule(f"C{i}", date(2027, 1, 1), date(2027, 3, 31)) for i in range(count)
+        ]
+    for i in range(0, count, 1000):
+        app.save(*cycles[i : i + 1000])
+    return app
+
+
+def assert_exactly_once_in_order(messages, app: GoalsApplication, count: int) -> None:
+    envelopes = bodies(messages)
+    sequences = [e["sequence"] for e in envelopes]
+    stored = [n.id for n in app.recorder.select_notifications(None, count + 10)]
+    assert len(stored) == count
+    # Exactly the stored events, each once, in the order of the service's log.
+    assert sequences == stored
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"okr/goals:{s}" for s in stored]
+
+
+async def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def stream_count(url: str) -> int:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().stream_info("OKR")).state.messages
+    finally:
+        await nc.close()
+
+
+async def test_every_stored_event_is_published_once_with_its_envelope(goals_settings, nats_server):
+    app = store_events(goals_settings, 1200)
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
+    await relay.start()
+    try:
+        await wait_for(lambda: _async(relay.position == app.recorder.max_notification_id()))
+    finally:
+        await relay.stop()
+        await link.close()
+    messages = await read_stream(nats_server.url, 1200)
+    assert_exactly_once_in_order(messages, app, 1200)
+    first = bodies(messages)[0]
+    assert first["type"] == "okr.goals.cycle.scheduled.v1"
+    assert first["data"] == {"name": "C0", "starts_on": "2027-01-01", "ends_on": "2027-03-31"}
+    assert first["actor"] == "loader"
+    assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == app.recorder.max_notification_id()
+
+
+async def _async(value):
+    return value
+
+
+async def test_crash_between_publish_and_record_republishes_without_duplicates(
+    goals_settings, nats_server
+):
+    app = store_events(goals_settings, 700)
+    original = app.recorder.insert_tracking
+    calls = {"n": 0}
+
+    def crash_once(tracking):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated crash after publishing, before recording")
+        return original(tracking)
+
+    app.recorder.insert_tracking = crash_once
+    before = RELAY_DUPLICATES.labels("goals")._value.get()
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
+    await relay.start()
+    try:
+        await wait_for(lambda: _async(relay.position == 700))
+    finally:
+        await relay.stop()
+        await link.close()
+    # The first batch went out twice; JetStream recognised every repeat by its Nats-Msg-Id.
+    assert RELAY_DUPLICATES.labels("goals")._value.get() - before == 500
+    assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
+
+
+async def test_relay_killed_mid_batch_resumes_with_nothing_lost_or_doubled(
+    goals_settings, nats_server, tmp_path
+):
+    count = 6000
+    app = store_events(goals_settings, count)
+    env = dict(os.environ)
+    env.update(
+        OKR_JWT_SECRET=SECRET,
+        OKR_NATS_URL=nats_server.url,
+        OKR_DATA_DIR=str(goals_settings.data_dir),
+        OKR_GOALS_PORT=str(free_port()),
+        OKR_GOALS_DATABASE_SCHEMA=goals_settings.database_schema,
+        OKR_RELAY_BATCH_SIZE="1000",
+    )
+    if goals_settings.database_url is not None:
+        env["OKR_DATABASE_URL"] = goals_settings.database_url.get_secret_value()
+    cmd = [sys.executable, "-m", "services.goals"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Kill -9 once part of the backlog is on the stream but not all of it.
+        await wait_for(lambda: _gt(stream_count(nats_server.url), 1500), timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        recorded = app.recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0
+        on_stream = await stream_count(nats_server.url)
+        assert recorded < count, "the relay finished before it could be killed"
+        assert on_stream >= recorded
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await wait_for(lambda: _eq_tracking(app, count), timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert_exactly_once_in_order(await read_stream(nats_server.url, count), app, count)
+
+
+async def _gt(coro, n: int) -> bool:
+    return (await coro) > n
+
+
+async def _eq_tracking(app: GoalsApplication, n: int) -> bool:
+    return (app.recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0) >= n
+
+
+async def test_nats_outage_while_commands_keep_arriving(goals, nats_server):
+    client = goals.client
+    r = await client.post(
+        "/v1/cycles", json={"name": "Q", "starts_on": "2027-01-01", "ends_on": "2027-03-31"}
+    )
+    assert r.status_code == 201
+    await wait_for(lambda: _async(goals.runtime.relay.position >= 1))
+
+    nats_server.stop()
+    await wait_for(lambda: _async(not goals.runtime.link.connected))
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["nats"] != "ok"
+
+    answered = []
+    for i in range(40):
+        r = await client.post(
+            "/v1/cycles",
+            json={"name": f"During outage {i}", "starts_on": "2027-01-01", "ends_on": "2027-03-31"},
+        )
+        assert r.status_code == 201, r.text  # the store first: commands keep succeeding
+        answered.append(r.json()["position"])
+
+    nats_server.start()
+    app = goals.runtime.app
+    await wait_for(
+        lambda: _async(goals.runtime.relay.position == app.recorder.max_notification_id())
+    )
+    await wait_for(lambda: _ready(client))
+    messages = await read_stream(nats_server.url, 41)
+    assert_exactly_once_in_order(messages, app, 41)
+    names = [b["data"]["name"] for b in bodies(messages)]
+    assert names == ["Q"] + [f"During outage {i}" for i in range(40)]
+    assert [f"goals:{b['sequence']}" for b in bodies(messages)][1:] == answered
+
+
+async def _ready(client) -> bool:
+    return (await client.get("/readyz")).status_code == 200
+
+
+async def test_relay_waits_for_a_missing_stream(goals_settings, nats_server):
+    """Services never declare the stream: until it exists the relay retries, losing nothing."""
+    import nats as nats_py
+
+    nc = await nats_py.connect(nats_server.url)
+    await nc.jetstream().delete_stream("OKR")
+    app = store_events(goals_settings, 10)
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05, publish_timeout=1)
+    await relay.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert relay.position == 0 and relay.last_error is not None
+        from tests.support import declare_stream
+
+        await declare_stream(nats_server.url)
+        await wait_for(lambda: _async(relay.position == 10))
+    finally:
+        await relay.stop()
+        await link.close()
+        await nc.close()
+    assert_exactly_once_in_order(await read_stream(nats_server.url, 10), app, 10)
