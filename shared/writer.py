@@ -66,6 +66,14 @@ class CommandResult:
         return int(self.body["version"])
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """The aggregate a command was about, as that command left it."""
+
+    id: UUID
+    version: int
+
+
 @dataclass
 class _Command:
     run: Callable[[UnitOfWork], Aggregate]
@@ -266,7 +274,7 @@ class CommandWriter:
     def _run_batch(self, commands: list[_Command]) -> None:
         WRITER_BATCH.labels(self.service).observe(len(commands))
         batch: dict[UUID, Aggregate] = {}
-        done: list[tuple[_Command, list[tuple[UUID, int]], Aggregate]] = []
+        done: list[tuple[_Command, list[tuple[UUID, int]], _Answer]] = []
         # Commands repeating a key already in this batch wait for the first one's answer.
         followers: dict[str, list[_Command]] = {}
         poisoned = False
@@ -305,10 +313,12 @@ class CommandWriter:
                 poisoned = poisoned or uow.changed_anything()
                 self._finish(cmd, e)
                 continue
-            events = uow.events()  # before saving clears the pending events
+            # Taken now: saving clears pending events, and later commands in the batch may
+            # change the same aggregate again.
+            events = uow.events()
             for agg in uow.new:
                 batch[agg.id] = agg
-            done.append((cmd, events, primary))
+            done.append((cmd, events, _Answer(primary.id, primary.version)))
 
         if poisoned:
             # A refused command left events behind on a shared aggregate: start over, alone.
@@ -327,7 +337,7 @@ class CommandWriter:
     def _save_batch(
         self,
         batch: dict[UUID, Aggregate],
-        done: list[tuple[_Command, list[tuple[UUID, int]], Aggregate]],
+        done: list[tuple[_Command, list[tuple[UUID, int]], _Answer]],
     ) -> dict[int, CommandResult | BaseException]:
         records = [
             self._record(cmd, events, primary) for cmd, events, primary in done if cmd.idempotency
@@ -368,10 +378,11 @@ class CommandWriter:
                 with command_context(cmd.context):
                     primary = cmd.run(uow)
                 events = uow.events()
+                answer = _Answer(primary.id, primary.version)
                 for agg in uow.new:
                     batch[agg.id] = agg
                 aggregates = [a for a in batch.values() if a.pending_events]
-                records = [self._record(cmd, events, primary)] if cmd.idempotency else []
+                records = [self._record(cmd, events, answer)] if cmd.idempotency else []
                 recordings = self.app.save(*aggregates, idempotency=records) if aggregates else []
             except IntegrityError:
                 continue
@@ -392,11 +403,11 @@ class CommandWriter:
                 )
                 for r in recordings
             }
-            return self._result(cmd, events, primary, ids)
+            return self._result(cmd, events, answer, ids)
         return Conflict("The resource kept changing while this command ran; retry it")
 
     def _record(
-        self, cmd: _Command, events: list[tuple[UUID, int]], primary: Aggregate
+        self, cmd: _Command, events: list[tuple[UUID, int]], primary: _Answer
     ) -> IdempotencyRecord:
         assert cmd.idempotency is not None
         return IdempotencyRecord(
@@ -412,7 +423,7 @@ class CommandWriter:
         self,
         cmd: _Command,
         events: list[tuple[UUID, int]],
-        primary: Aggregate,
+        primary: _Answer,
         ids: dict[tuple[UUID, int], int],
     ) -> CommandResult:
         positions = [ids[k] for k in events if k in ids]
