@@ -101,6 +101,14 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             )
         return ids
 
+    def insert_answers(self, records: list[IdempotencyRecord]) -> None:
+        """Answers of commands that recorded no event (so no position)."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                [(r.key, r.fingerprint, r.status, r.answer({}), r.created_at) for r in records],
+            )
+
     def find_answer(self, key: str) -> StoredAnswer | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
@@ -152,6 +160,17 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                     raise IntegrityError(f"Idempotency key already recorded: {r.key}")
         return ids
 
+    def insert_answers(self, records: list[IdempotencyRecord]) -> None:
+        """Answers of commands that recorded no event (so no position)."""
+        with self.datastore.transaction(commit=True) as curs:
+            for r in records:
+                curs.execute(
+                    self._insert_answer,
+                    (r.key, r.fingerprint, r.status, r.answer({}), r.created_at),
+                )
+                if curs.fetchone() is None:
+                    raise IntegrityError(f"Idempotency key already recorded: {r.key}")
+
     def find_answer(self, key: str) -> StoredAnswer | None:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self._select_answer, (key,))
@@ -187,6 +206,10 @@ class ServiceApplication(Application):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
+
+    def save_answers(self, records: list[IdempotencyRecord]) -> None:
+        if records:
+            self.recorder.insert_answers(records)  # type: ignore[attr-defined]
 
     def find_answer(self, key: str) -> StoredAnswer | None:
         return self.recorder.find_answer(key)  # type: ignore[attr-defined, no-any-return]

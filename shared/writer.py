@@ -344,7 +344,7 @@ class CommandWriter:
         ]
         aggregates = [a for a in batch.values() if a.pending_events]
         try:
-            recordings = self.app.save(*aggregates, idempotency=records) if aggregates else []
+            recordings = self._save(aggregates, records)
         except IntegrityError:
             self._evict(batch)
             return {id(c): self._run_alone(c) for c, _, _ in done}
@@ -383,7 +383,7 @@ class CommandWriter:
                     batch[agg.id] = agg
                 aggregates = [a for a in batch.values() if a.pending_events]
                 records = [self._record(cmd, events, answer)] if cmd.idempotency else []
-                recordings = self.app.save(*aggregates, idempotency=records) if aggregates else []
+                recordings = self._save(aggregates, records)
             except IntegrityError:
                 continue
             except DomainError as e:
@@ -405,6 +405,14 @@ class CommandWriter:
             }
             return self._result(cmd, events, answer, ids)
         return Conflict("The resource kept changing while this command ran; retry it")
+
+    def _save(self, aggregates: list[Aggregate], records: list[IdempotencyRecord]) -> list[Any]:
+        """One transaction: the events and the answers of keyed commands. Commands that
+        changed nothing still get their answer stored, so a retry never runs them again."""
+        if aggregates:
+            return list(self.app.save(*aggregates, idempotency=records))
+        self.app.save_answers(records)
+        return []
 
     def _record(
         self, cmd: _Command, events: list[tuple[UUID, int]], primary: _Answer

@@ -158,7 +158,7 @@ async def serve(http: FastAPI) -> AsyncIterator[RunningService]:
     port = free_port()
     config = uvicorn.Config(http, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign, assignment]
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 20
     while not server.started:

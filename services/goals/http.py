@@ -240,6 +240,9 @@ async def revise_objective(
     given = body.model_fields_set - {"reason"}
     if not given:
         raise InvalidValue("Name at least one field to change")
+    for name in given - {"parent_id"}:  # only parent_id takes null (to detach)
+        if getattr(body, name) is None:
+            raise InvalidValue(f"{name} cannot be null", field=name)
     result = await _runtime(request).writer.execute(
         lambda uow: uc.revise_objective(
             uow,
@@ -333,8 +336,11 @@ async def revise_key_result(
     expected: IfMatch,
 ) -> JSONResponse:
     given = body.model_fields_set - {"reason"}
-    if not given or any(getattr(body, name) is None for name in given):
-        raise InvalidValue("Name at least one of title, owner or weight, each with a value")
+    if not given:
+        raise InvalidValue("Name at least one of title, owner or weight to change")
+    for name in given:
+        if getattr(body, name) is None:
+            raise InvalidValue(f"{name} cannot be null", field=name)
     result = await _runtime(request).writer.execute(
         lambda uow: uc.revise_key_result(
             uow,
