@@ -358,12 +358,7 @@ class CommandWriter:
             self.cache.put(agg)
         if recordings:
             self._notify_saved()
-        ids = {
-            (UUID(str(r.notification.originator_id)), r.notification.originator_version): (
-                r.notification.id
-            )
-            for r in recordings
-        }
+        ids = _positions(recordings)
         return {id(cmd): self._result(cmd, events, primary, ids) for cmd, events, primary in done}
 
     def _run_alone(self, cmd: _Command) -> CommandResult | BaseException:
@@ -397,13 +392,7 @@ class CommandWriter:
                 self.cache.put(agg)
             if recordings:
                 self._notify_saved()
-            ids = {
-                (UUID(str(r.notification.originator_id)), r.notification.originator_version): (
-                    r.notification.id
-                )
-                for r in recordings
-            }
-            return self._result(cmd, events, answer, ids)
+            return self._result(cmd, events, answer, _positions(recordings))
         return Conflict("The resource kept changing while this command ran; retry it")
 
     def _save(self, aggregates: list[Aggregate], records: list[IdempotencyRecord]) -> list[Any]:
@@ -458,6 +447,16 @@ class CommandWriter:
                 callback()
             except Exception:
                 log.exception("on_saved callback failed")
+
+
+def _positions(recordings: list[Any]) -> dict[tuple[UUID, int], int]:
+    """Notification id of each saved event, by (aggregate id, version)."""
+    return {
+        (UUID(str(r.notification.originator_id)), r.notification.originator_version): (
+            r.notification.id
+        )
+        for r in recordings
+    }
 
 
 def _as_replay(
