@@ -88,6 +88,7 @@ class Relay:
 
     async def run(self) -> None:
         delay = 0.1
+        position_at_failure = -1
         while True:
             try:
                 await self._pump()
@@ -97,11 +98,13 @@ class Relay:
                 RELAY_FAILURES.labels(self.service).inc()
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.caught_up = False
+                # Back off while failures repeat; start short again once progress was made.
+                if self.position != position_at_failure:
+                    delay = 0.1
+                position_at_failure = self.position
                 log.warning("relay of %s: %s; retrying in %.1fs", self.service, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            else:  # pragma: no cover - _pump only returns by raising
-                delay = 0.1
 
     async def _pump(self) -> None:
         js = await self.link.wait()
