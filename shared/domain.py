@@ -97,6 +97,11 @@ class NotFound(DomainError):
     """An unknown id (HTTP 404)."""
 
 
+class NotYetKnown(DomainError):
+    """Refers to something another service created that this one has not heard of yet.
+    Safe to retry once the events have arrived (HTTP 409 with Retry-After)."""
+
+
 class VersionMismatch(DomainError):
     """The client's expected version (If-Match) is not the current one (HTTP 412)."""
 

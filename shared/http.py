@@ -29,6 +29,7 @@ from shared.domain import (
     DomainError,
     InvalidValue,
     NotFound,
+    NotYetKnown,
     RuleBroken,
     VersionMismatch,
 )
@@ -49,6 +50,19 @@ _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
 # --- problem details ----------------------------------------------------------------------
+
+# What routes document besides their success answer.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {PROBLEM_JSON: {}}}
+    for code, text in {
+        401: "Missing or invalid bearer token",
+        404: "Unknown id",
+        409: "A rule is broken by the current state, or a referenced id is not known yet",
+        412: "If-Match does not match the current version",
+        413: "Body too large",
+        422: "Invalid input",
+    }.items()
+}
 
 
 def problem(
@@ -117,6 +131,10 @@ def _domain_problem(exc: DomainError) -> Response:
     if isinstance(exc, InvalidValue | IdempotencyKeyReused):
         kind = "idempotency-key-reused" if isinstance(exc, IdempotencyKeyReused) else "validation"
         return problem(422, "Invalid request", exc.detail, kind=kind, errors=errors)
+    if isinstance(exc, NotYetKnown):
+        return problem(
+            409, "Not yet known", exc.detail, kind="not-yet-known", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, Conflict):
         return problem(409, "Conflict", exc.detail, kind="conflict")
     if isinstance(exc, RuleBroken):

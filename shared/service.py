@@ -10,9 +10,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 
+from shared.consumer import Consumer
+from shared.domain import InvalidValue, NotYetKnown
 from shared.http import (
     BodyLimitMiddleware,
     Check,
@@ -27,6 +30,7 @@ from shared.store import ServiceApplication, store_env
 from shared.writer import CommandWriter
 
 RELAY_STUCK_AFTER_S = 30.0
+CONSUMER_STUCK_AFTER_S = 30.0
 
 
 @dataclass
@@ -38,7 +42,37 @@ class Runtime:
     writer: CommandWriter
     link: NatsLink
     relay: Relay
+    consumers: list[Consumer] = field(default_factory=list)
+    # Service-specific parts the routes need (a consumer's view, say), by name.
+    parts: dict[str, Any] = field(default_factory=dict)
     extra_checks: list[Check] = field(default_factory=list)
+
+    async def wait_for_position(self, position: str | None) -> None:
+        """Read-your-writes across services: wait (bounded) until this service has applied
+        the events of another service up to `position` (`<service>:<sequence>`)."""
+        if position is None:
+            return
+        service, _, sequence = position.partition(":")
+        if service == self.settings.service:
+            return  # our own store is the source of truth: every answered position is in it
+        followers = [c for c in self.consumers if c.follows(service)]
+        if not followers:
+            raise InvalidValue(
+                f"min_position: this service does not consume {service} events",
+                field="min_position",
+            )
+        timeout = self.settings.read_wait_timeout_s
+        for consumer in followers:
+            if not await consumer.wait_for(f"okr/{service}", int(sequence), timeout):
+                raise NotYetKnown(
+                    f"This service has not yet applied {position} (it is at "
+                    f"{service}:{consumer.positions.get(f'okr/{service}', 0)}); retry shortly"
+                )
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 def create_service(
@@ -79,9 +113,13 @@ def create_service(
         writer.start()
         await link.start()
         await relay.start()
+        for consumer in runtime.consumers:
+            await consumer.start()
         try:
             yield
         finally:
+            for consumer in runtime.consumers:
+                await consumer.stop()
             await relay.stop()
             await asyncio.to_thread(writer.stop)
             await link.close()
@@ -125,8 +163,13 @@ def _checks(http: FastAPI) -> list[Check]:
             return f"no progress for {stuck:.0f}s ({r.last_error or 'backlog not draining'})"
         return None
 
-    async def extra() -> str | None:
+    async def consumers() -> str | None:
         failures = []
+        for consumer in runtime().consumers:
+            stuck = consumer.stuck_for()
+            if stuck > CONSUMER_STUCK_AFTER_S:
+                why = consumer.last_error or f"{consumer.pending} messages waiting"
+                failures.append(f"{consumer.durable}: no progress for {stuck:.0f}s ({why})")
         for check in runtime().extra_checks:
             failure = await check.run()
             if failure:
@@ -137,5 +180,5 @@ def _checks(http: FastAPI) -> list[Check]:
         Check("store", store),
         Check("nats", nats),
         Check("relay", relay),
-        Check("consumers", extra),
+        Check("consumers", consumers),
     ]

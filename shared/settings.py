@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     writer_max_batch: int = Field(default=256, ge=1)
     aggregate_cache_size: int = Field(default=10_000, ge=0)
 
+    # How consumers fetch and acknowledge.
+    consumer_batch_size: int = Field(default=256, ge=1, le=10_000)
+    consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+    consumer_poll_interval_s: float = Field(default=1.0, gt=0)
+
     # Bounded wait for read-your-writes (`min_position`).
     read_wait_timeout_s: float = Field(default=5.0, ge=0)
 

@@ -2,14 +2,16 @@
 PostgreSQL (when `OKR_DATABASE_URL` is set, one schema per service), never silently in memory.
 
 The recorders are the library's process recorders (events plus tracking rows in one
-transaction), extended with one table of our own: idempotency keys, written in the same
-transaction as the events of the command they answer, so a retried command can never be
-recorded twice and its first answer survives a restart.
+transaction), extended with two tables of our own, both written in the same transaction as the
+events of the command concerned: idempotency keys, so a retried command can never be recorded
+twice and its first answer survives a restart; and lookups, small indexes from a public id to
+the aggregate that holds it (a check-in id to its key result's progress).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
 from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 RELAY_TRACKING_NAME = "relay:nats"
 
@@ -64,6 +68,15 @@ class IdempotencyRecord:
         return json.dumps(body)
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """One index entry: `key` of `kind` lives in aggregate `value`. Written with the events."""
+
+    kind: str
+    key: str
+    value: str
+
+
 def _ids_by_event(
     stored_events: Sequence[StoredEvent], ids: Sequence[int] | None
 ) -> dict[tuple[UUID, int], int]:
@@ -82,6 +95,10 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             "key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL, "
             "body TEXT NOT NULL, created_at REAL NOT NULL) WITHOUT ROWID"
         )
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS lookups (kind TEXT NOT NULL, key TEXT NOT NULL, "
+            "value TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
+        )
         return statements
 
     def _insert_events(
@@ -99,7 +116,18 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
                     for r in records
                 ],
             )
+        lookups: list[Lookup] = kwargs.get("lookups") or []
+        if lookups:
+            c.executemany(
+                "INSERT INTO lookups VALUES (?, ?, ?)", [(x.kind, x.key, x.value) for x in lookups]
+            )
         return ids
+
+    def find_lookup(self, kind: str, key: str) -> str | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT value FROM lookups WHERE kind = ? AND key = ?", (kind, key))
+            row = c.fetchone()
+        return None if row is None else str(row["value"])
 
     def insert_answers(self, records: list[IdempotencyRecord]) -> None:
         """Answers of commands that recorded no event (so no position)."""
@@ -135,6 +163,18 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                 "body TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)"
             ).format(schema=schema)
         )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.lookups (kind TEXT NOT NULL, "
+                "key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key))"
+            ).format(schema=schema)
+        )
+        self._insert_lookup = SQL("INSERT INTO {schema}.lookups VALUES (%s, %s, %s)").format(
+            schema=schema
+        )
+        self._select_lookup = SQL(
+            "SELECT value FROM {schema}.lookups WHERE kind = %s AND key = %s"
+        ).format(schema=schema)
         self._insert_answer = SQL(
             "INSERT INTO {schema}.idempotency_keys VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (key) DO NOTHING RETURNING key"
@@ -158,7 +198,16 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                 if curs.fetchone() is None:
                     # Raised inside the library's transaction: everything rolls back.
                     raise IntegrityError(f"Idempotency key already recorded: {r.key}")
+        lookups: list[Lookup] = kwargs.get("lookups") or []
+        if lookups:
+            curs.executemany(self._insert_lookup, [(x.kind, x.key, x.value) for x in lookups])
         return ids
+
+    def find_lookup(self, kind: str, key: str) -> str | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._select_lookup, (kind, key))
+            row = curs.fetchone()
+        return None if row is None else str(row["value"])
 
     def insert_answers(self, records: list[IdempotencyRecord]) -> None:
         """Answers of commands that recorded no event (so no position)."""
@@ -201,11 +250,23 @@ class ServiceApplication(Application):
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Deliberately not merged with os.environ: the library's own keys (and their
         # application-prefixed variants) must not change where a service stores its events.
-        return Environment(name, dict(env or {}))
+        values = dict(type(self).env)
+        if type(self).is_snapshotting_enabled or type(self).snapshotting_intervals:
+            values["IS_SNAPSHOTTING_ENABLED"] = "y"
+        values.update(env or {})
+        return Environment(name, values)
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
+
+    def _take_snapshots(self, processing_event: Any) -> None:
+        # A snapshot only speeds up loading. The events are committed by now, so a failure
+        # here must not turn into a failed command (whose client might then repeat it).
+        try:
+            super()._take_snapshots(processing_event)
+        except Exception:
+            log.warning("snapshot failed; the next interval will take one", exc_info=True)
 
     def save_answers(self, records: list[IdempotencyRecord]) -> None:
         if records:
@@ -213,6 +274,9 @@ class ServiceApplication(Application):
 
     def find_answer(self, key: str) -> StoredAnswer | None:
         return self.recorder.find_answer(key)  # type: ignore[attr-defined, no-any-return]
+
+    def find_lookup(self, kind: str, key: str) -> str | None:
+        return self.recorder.find_lookup(kind, key)  # type: ignore[attr-defined, no-any-return]
 
     def ping(self) -> None:
         self.recorder.ping()  # type: ignore[attr-defined]

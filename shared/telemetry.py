@@ -51,3 +51,47 @@ STORE_LATENCY = Histogram(
     ["service"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+CONSUMER_APPLIED = Counter(
+    "okr_consumer_applied_total", "Events a consumer applied", ["service", "consumer"]
+)
+CONSUMER_DUPLICATES = Counter(
+    "okr_consumer_duplicates_total",
+    "Events a consumer had already applied (redeliveries, republishes, replays)",
+    ["service", "consumer"],
+)
+CONSUMER_REDELIVERED = Counter(
+    "okr_consumer_redelivered_total",
+    "Messages JetStream delivered more than once",
+    ["service", "consumer"],
+)
+CONSUMER_RESCHEDULED = Counter(
+    "okr_consumer_rescheduled_total",
+    "Events that arrived before their predecessor and were handed back to come again",
+    ["service", "consumer"],
+)
+CONSUMER_REJECTED = Counter(
+    "okr_consumer_rejected_total",
+    "Messages terminated as invalid (bad envelope, or data the consumer cannot use)",
+    ["service", "consumer"],
+)
+CONSUMER_FAILURES = Counter(
+    "okr_consumer_failures_total",
+    "Consumer rounds that failed (NATS or store unreachable) and will be retried",
+    ["service", "consumer"],
+)
+CONSUMER_LAG = Gauge(
+    "okr_consumer_lag",
+    "Messages in the stream not yet delivered to the consumer",
+    ["service", "consumer"],
+)
+CONSUMER_POSITION = Gauge(
+    "okr_consumer_position",
+    "Highest sequence applied, per source",
+    ["service", "consumer", "source"],
+)
+CONSUMER_BATCH_SECONDS = Histogram(
+    "okr_consumer_batch_seconds",
+    "Time to apply and acknowledge one fetched batch",
+    ["service", "consumer"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -27,7 +27,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from shared.domain import CommandContext, DomainError, NotFound, VersionMismatch, command_context
-from shared.store import IdempotencyRecord, ServiceApplication
+from shared.store import IdempotencyRecord, Lookup, ServiceApplication
 from shared.telemetry import COMMANDS, WRITER_BATCH
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,30 @@ class CommandResult:
 
 @dataclass(frozen=True)
 class _Answer:
-    """The aggregate a command was about, as that command left it."""
+    """What a command answers: the id it is about (an aggregate's, or one the command chose,
+    like a check-in's), the version of the aggregate it changed, and any extra fields."""
 
     id: UUID
     version: int
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def body(self, position: str | None) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "version": self.version,
+            "position": position,
+            **dict(self.extra),
+        }
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A command that ran in a batch, waiting for the batch to be saved."""
+
+    cmd: _Command
+    events: list[tuple[UUID, int]]
+    answer: _Answer
+    lookups: list[Lookup]
 
 
 @dataclass
@@ -138,9 +158,21 @@ class UnitOfWork:
         # For each aggregate this command touched: its pending events when first touched.
         self.pending_before: dict[UUID, int] = {}
         self.new: list[Aggregate] = []
+        self.lookups: list[Lookup] = []
+        self.answer_id: UUID | None = None
+        self.answer_extra: dict[str, Any] = {}
 
     def get(self, aggregate_id: UUID, cls: type[A], what: str | None = None) -> A:
-        agg = self._batch.get(aggregate_id)
+        agg = self.find(aggregate_id, cls)
+        if agg is None:
+            raise NotFound(f"No {what or cls.__name__.lower()} with id {aggregate_id}")
+        return agg
+
+    def find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
+        """The aggregate, or None when there is none of that class with this id."""
+        agg = next((a for a in self.new if a.id == aggregate_id), None) or self._batch.get(
+            aggregate_id
+        )
         if agg is None and self._cache is not None:
             agg = self._cache.get(aggregate_id)
         if agg is None:
@@ -149,7 +181,9 @@ class UnitOfWork:
             except AggregateNotFoundError:
                 agg = None
         if not isinstance(agg, cls):
-            raise NotFound(f"No {what or cls.__name__.lower()} with id {aggregate_id}")
+            return None
+        if any(a is agg for a in self.new):
+            return agg
         self._batch[aggregate_id] = agg
         if aggregate_id not in self.pending_before:
             self.pending_before[aggregate_id] = len(agg.pending_events)
@@ -159,10 +193,30 @@ class UnitOfWork:
         self.new.append(agg)
         return agg
 
+    def index(self, kind: str, key: UUID | str, aggregate_id: UUID) -> None:
+        """Record, with this command's events, that `key` of `kind` lives in an aggregate."""
+        self.lookups.append(Lookup(kind, str(key), str(aggregate_id)))
+
+    def respond(self, answer_id: UUID, **extra: Any) -> None:
+        """Answer with this id (and extra fields) rather than the aggregate's own id."""
+        self.answer_id = answer_id
+        self.answer_extra = extra
+
+    def answer(self, primary: Aggregate) -> _Answer:
+        return _Answer(
+            self.answer_id or primary.id, primary.version, tuple(self.answer_extra.items())
+        )
+
     @staticmethod
     def expect_version(agg: Aggregate, expected: int | None) -> None:
         if expected is not None and expected != agg.version:
             raise VersionMismatch(expected, agg.version)
+
+    @staticmethod
+    def expect_version_absent(expected: int | None) -> None:
+        """For a command that creates its aggregate: only version 0 (none yet) matches."""
+        if expected is not None and expected != 0:
+            raise VersionMismatch(expected, 0)
 
     def changed_anything(self) -> bool:
         return bool(self.new) or any(
@@ -274,7 +328,7 @@ class CommandWriter:
     def _run_batch(self, commands: list[_Command]) -> None:
         WRITER_BATCH.labels(self.service).observe(len(commands))
         batch: dict[UUID, Aggregate] = {}
-        done: list[tuple[_Command, list[tuple[UUID, int]], _Answer]] = []
+        done: list[_Done] = []
         # Commands repeating a key already in this batch wait for the first one's answer.
         followers: dict[str, list[_Command]] = {}
         poisoned = False
@@ -318,16 +372,17 @@ class CommandWriter:
             events = uow.events()
             for agg in uow.new:
                 batch[agg.id] = agg
-            done.append((cmd, events, _Answer(primary.id, primary.version)))
+            done.append(_Done(cmd, events, uow.answer(primary), uow.lookups))
 
         if poisoned:
             # A refused command left events behind on a shared aggregate: start over, alone.
             self._evict(batch)
-            results = {id(c): self._run_alone(c) for c, _, _ in done}
+            results = {id(d.cmd): self._run_alone(d.cmd) for d in done}
         else:
             results = self._save_batch(batch, done)
 
-        for cmd, _, _ in done:
+        for d in done:
+            cmd = d.cmd
             result = results[id(cmd)]
             self._finish(cmd, result)
             if cmd.idempotency is not None:
@@ -337,29 +392,28 @@ class CommandWriter:
     def _save_batch(
         self,
         batch: dict[UUID, Aggregate],
-        done: list[tuple[_Command, list[tuple[UUID, int]], _Answer]],
+        done: list[_Done],
     ) -> dict[int, CommandResult | BaseException]:
-        records = [
-            self._record(cmd, events, primary) for cmd, events, primary in done if cmd.idempotency
-        ]
+        records = [self._record(d.cmd, d.events, d.answer) for d in done if d.cmd.idempotency]
+        lookups = [x for d in done for x in d.lookups]
         aggregates = [a for a in batch.values() if a.pending_events]
         try:
-            recordings = self._save(aggregates, records)
+            recordings = self._save(aggregates, records, lookups)
         except IntegrityError:
             self._evict(batch)
-            return {id(c): self._run_alone(c) for c, _, _ in done}
+            return {id(d.cmd): self._run_alone(d.cmd) for d in done}
         except PersistenceError as e:
             self._evict(batch)
-            return {id(c): StoreUnavailable(str(e)) for c, _, _ in done}
+            return {id(d.cmd): StoreUnavailable(str(e)) for d in done}
         except Exception as e:
             self._evict(batch)
-            return {id(c): e for c, _, _ in done}
+            return {id(d.cmd): e for d in done}
         for agg in batch.values():
             self.cache.put(agg)
         if recordings:
             self._notify_saved()
         ids = _positions(recordings)
-        return {id(cmd): self._result(cmd, events, primary, ids) for cmd, events, primary in done}
+        return {id(d.cmd): self._result(d.cmd, d.events, d.answer, ids) for d in done}
 
     def _run_alone(self, cmd: _Command) -> CommandResult | BaseException:
         """Run one command from freshly loaded aggregates, retrying on conflicts."""
@@ -373,12 +427,12 @@ class CommandWriter:
                 with command_context(cmd.context):
                     primary = cmd.run(uow)
                 events = uow.events()
-                answer = _Answer(primary.id, primary.version)
+                answer = uow.answer(primary)
                 for agg in uow.new:
                     batch[agg.id] = agg
                 aggregates = [a for a in batch.values() if a.pending_events]
                 records = [self._record(cmd, events, answer)] if cmd.idempotency else []
-                recordings = self._save(aggregates, records)
+                recordings = self._save(aggregates, records, uow.lookups)
             except IntegrityError:
                 continue
             except DomainError as e:
@@ -395,11 +449,17 @@ class CommandWriter:
             return self._result(cmd, events, answer, _positions(recordings))
         return Conflict("The resource kept changing while this command ran; retry it")
 
-    def _save(self, aggregates: list[Aggregate], records: list[IdempotencyRecord]) -> list[Any]:
-        """One transaction: the events and the answers of keyed commands. Commands that
-        changed nothing still get their answer stored, so a retry never runs them again."""
+    def _save(
+        self,
+        aggregates: list[Aggregate],
+        records: list[IdempotencyRecord],
+        lookups: list[Lookup],
+    ) -> list[Any]:
+        """One transaction: the events, their lookups and the answers of keyed commands.
+        Commands that changed nothing still get their answer stored, so a retry never runs
+        them again."""
         if aggregates:
-            return list(self.app.save(*aggregates, idempotency=records))
+            return list(self.app.save(*aggregates, idempotency=records, lookups=lookups))
         self.app.save_answers(records)
         return []
 
@@ -411,7 +471,7 @@ class CommandWriter:
             key=cmd.idempotency.key,
             fingerprint=cmd.idempotency.fingerprint,
             status=cmd.status,
-            body={"id": str(primary.id), "version": primary.version, "position": None},
+            body=primary.body(None),
             events=events,
             position_prefix=f"{self.service}:",
         )
@@ -425,9 +485,7 @@ class CommandWriter:
     ) -> CommandResult:
         positions = [ids[k] for k in events if k in ids]
         position = f"{self.service}:{max(positions)}" if positions else None
-        return CommandResult(
-            cmd.status, {"id": str(primary.id), "version": primary.version, "position": position}
-        )
+        return CommandResult(cmd.status, primary.body(position))
 
     def _finish(self, cmd: _Command, result: CommandResult | BaseException) -> None:
         if isinstance(result, CommandResult):

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from services.checkins.main import CheckinsSettings
+from services.checkins.main import create_app as create_checkins
 from services.goals.main import GoalsSettings, create_app
 from tests.support import SECRET, NatsServer, Postgres, RunningService, declare_stream, serve
 
@@ -73,4 +75,29 @@ def goals_settings(store: dict[str, Any], nats_server: NatsServer) -> GoalsSetti
 @pytest.fixture
 async def goals(goals_settings: GoalsSettings) -> AsyncIterator[RunningService]:
     async with serve(create_app(goals_settings)) as running:
+        yield running
+
+
+@pytest.fixture
+def checkins_settings(store: dict[str, Any], nats_server: NatsServer) -> CheckinsSettings:
+    # Beside goals on the same database, in a schema of its own.
+    own = {**store}
+    if "database_schema" in own:
+        own["database_schema"] = own["database_schema"] + "_checkins"
+    return CheckinsSettings(
+        jwt_secret=SECRET,
+        nats_url=nats_server.url,
+        relay_poll_interval_s=0.05,
+        consumer_poll_interval_s=0.2,
+        consumer_ack_wait_s=2,
+        **own,
+    )
+
+
+@pytest.fixture
+async def checkins(
+    goals: RunningService, checkins_settings: CheckinsSettings
+) -> AsyncIterator[RunningService]:
+    """The check-in service, with the goals service beside it on the same NATS."""
+    async with serve(create_checkins(checkins_settings)) as running:
         yield running

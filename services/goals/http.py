@@ -15,22 +15,17 @@ from pydantic import BaseModel, Field
 from services.goals import application as uc
 from services.goals.domain import Cycle, KeyResult, Objective
 from shared.domain import InvalidValue, NotFound
-from shared.http import Actor, Context, IdempotencyDep, IfMatch, command_response, etag
+from shared.http import (
+    PROBLEM_RESPONSES,
+    Actor,
+    Context,
+    IdempotencyDep,
+    IfMatch,
+    command_response,
+    etag,
+)
 from shared.schemas import Body, CommandAnswer, Name, Number, Reason, Text, Title, Unit
-from shared.service import Runtime
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/problem+json": {}}}
-    for code, text in {
-        401: "Missing or invalid bearer token",
-        404: "Unknown id",
-        409: "A rule is broken by the current state",
-        412: "If-Match does not match the current version",
-        413: "Body too large",
-        422: "Invalid input",
-    }.items()
-}
-
+from shared.service import runtime_of
 
 # --- request and response bodies ----------------------------------------------------------
 
@@ -128,13 +123,8 @@ class KeyResultPublic(BaseModel):
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 async def _read(request: Request, aggregate_id: UUID, cls: type, what: str) -> Any:
-    app = _runtime(request).app
+    app = runtime_of(request).app
     agg: Any
     try:
         agg = await asyncio.to_thread(app.repository.get, aggregate_id)
@@ -153,14 +143,14 @@ def _public(model: type[BaseModel], agg: Any) -> JSONResponse:
 
 # --- routes -------------------------------------------------------------------------------
 
-cycles = APIRouter(prefix="/v1/cycles", tags=["cycles"], responses=ERRORS)
+cycles = APIRouter(prefix="/v1/cycles", tags=["cycles"], responses=PROBLEM_RESPONSES)
 
 
 @cycles.post("", status_code=201, response_model=CommandAnswer, summary="Schedule a cycle")
 async def schedule_cycle(
     body: CycleCreate, request: Request, context: Context, idem: IdempotencyDep
 ) -> JSONResponse:
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.schedule_cycle(uow, body.name, body.starts_on, body.ends_on),
         context,
         idempotency=idem,
@@ -173,7 +163,7 @@ async def schedule_cycle(
 async def start_cycle(
     cycle_id: UUID, request: Request, context: Context, idem: IdempotencyDep, expected: IfMatch
 ) -> JSONResponse:
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.start_cycle(uow, cycle_id, expected), context, idempotency=idem
     )
     return command_response(result)
@@ -189,7 +179,7 @@ async def close_cycle(
     body: ReasonBody | None = None,
 ) -> JSONResponse:
     reason = body.reason if body else None
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.close_cycle(uow, cycle_id, reason, expected), context, idempotency=idem
     )
     return command_response(result)
@@ -200,14 +190,14 @@ async def get_cycle(cycle_id: UUID, request: Request, _: Actor) -> JSONResponse:
     return _public(CyclePublic, await _read(request, cycle_id, Cycle, "cycle"))
 
 
-objectives = APIRouter(prefix="/v1/objectives", tags=["objectives"], responses=ERRORS)
+objectives = APIRouter(prefix="/v1/objectives", tags=["objectives"], responses=PROBLEM_RESPONSES)
 
 
 @objectives.post("", status_code=201, response_model=CommandAnswer, summary="Create an objective")
 async def create_objective(
     body: ObjectiveCreate, request: Request, context: Context, idem: IdempotencyDep
 ) -> JSONResponse:
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.create_objective(
             uow,
             cycle_id=body.cycle_id,
@@ -243,7 +233,7 @@ async def revise_objective(
     for name in given - {"parent_id"}:  # only parent_id takes null (to detach)
         if getattr(body, name) is None:
             raise InvalidValue(f"{name} cannot be null", field=name)
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.revise_objective(
             uow,
             objective_id,
@@ -274,7 +264,7 @@ async def archive_objective(
     body: ReasonBody | None = None,
 ) -> JSONResponse:
     reason = body.reason if body else None
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.archive_objective(uow, objective_id, reason, expected),
         context,
         idempotency=idem,
@@ -295,7 +285,7 @@ async def define_key_result(
     context: Context,
     idem: IdempotencyDep,
 ) -> JSONResponse:
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.define_key_result(
             uow,
             objective_id,
@@ -319,7 +309,7 @@ async def get_objective(objective_id: UUID, request: Request, _: Actor) -> JSONR
     return _public(ObjectivePublic, await _read(request, objective_id, Objective, "objective"))
 
 
-key_results = APIRouter(prefix="/v1/key-results", tags=["key results"], responses=ERRORS)
+key_results = APIRouter(prefix="/v1/key-results", tags=["key results"], responses=PROBLEM_RESPONSES)
 
 
 @key_results.patch(
@@ -341,7 +331,7 @@ async def revise_key_result(
     for name in given:
         if getattr(body, name) is None:
             raise InvalidValue(f"{name} cannot be null", field=name)
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.revise_key_result(
             uow,
             key_result_id,
@@ -370,7 +360,7 @@ async def adjust_target(
     idem: IdempotencyDep,
     expected: IfMatch,
 ) -> JSONResponse:
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.adjust_target(uow, key_result_id, body.target, body.reason, expected),
         context,
         idempotency=idem,
@@ -391,7 +381,7 @@ async def remove_key_result(
     idem: IdempotencyDep,
     expected: IfMatch,
 ) -> JSONResponse:
-    result = await _runtime(request).writer.execute(
+    result = await runtime_of(request).writer.execute(
         lambda uow: uc.remove_key_result(uow, key_result_id, body.reason, expected),
         context,
         idempotency=idem,

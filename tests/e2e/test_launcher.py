@@ -1,6 +1,7 @@
 """`okr run` (what `make run` calls) as a user runs it: a fresh data folder, no NATS at the
-configured URL. It must start nats-server itself, bring the goals service to ready, print a
-working admin token, and stop everything on SIGTERM."""
+configured URL. It must start nats-server itself, bring every service to ready, print a
+working admin token, carry a key result from the goals service to the check-in service over
+NATS, and stop everything on SIGTERM."""
 
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ def port_open(port: int) -> bool:
 
 
 async def test_launcher_starts_everything_and_stops_on_sigterm(tmp_path):
-    nats_port, goals_port = free_port(), free_port()
+    nats_port, goals_port, checkins_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OKR_")} | {
         "OKR_DATA_DIR": str(tmp_path / "data"),
         "OKR_NATS_URL": f"nats://127.0.0.1:{nats_port}",
         "OKR_GOALS_PORT": str(goals_port),
+        "OKR_CHECKINS_PORT": str(checkins_port),
         "PYTHONPATH": str(ROOT),
     }
     log = tmp_path / "launcher.log"
@@ -62,21 +64,50 @@ async def test_launcher_starts_everything_and_stops_on_sigterm(tmp_path):
         assert "local nats-server" in text and "(ready)" in text
         assert (tmp_path / "data" / "jwt-secret").exists()
         assert (tmp_path / "data" / "goals.db").exists()
+        assert (tmp_path / "data" / "checkins.db").exists()
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{goals_port}/readyz") as r:
-            assert json.load(r)["status"] == "ready"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{goals_port}/v1/cycles",
-            data=json.dumps(
-                {"name": "Q1", "starts_on": "2027-01-01", "ends_on": "2027-03-31"}
-            ).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            method="POST",
+        for port in (goals_port, checkins_port):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
+                assert json.load(r)["status"] == "ready"
+
+        def post(port: int, path: str, body: dict[str, object] | None = None) -> dict[str, str]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}",
+                data=json.dumps(body or {}).encode(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request) as r:
+                assert r.status in (200, 201)
+                answer: dict[str, str] = json.load(r)
+                return answer
+
+        cycle = post(
+            goals_port,
+            "/v1/cycles",
+            {"name": "Q1", "starts_on": "2027-01-01", "ends_on": "2027-03-31"},
+        )["id"]
+        post(goals_port, f"/v1/cycles/{cycle}/start")
+        objective = post(
+            goals_port,
+            "/v1/objectives",
+            {"cycle_id": cycle, "title": "Ship", "owner": "ann", "team": "core"},
+        )["id"]
+        kr = post(
+            goals_port,
+            f"/v1/objectives/{objective}/key-results",
+            {"title": "Users", "kind": "number", "start": 0, "target": 10, "owner": "ann"},
         )
-        with urllib.request.urlopen(request) as r:
-            assert r.status == 201
-        messages = await read_stream(f"nats://127.0.0.1:{nats_port}", 1)
-        assert [json.loads(m.data)["actor"] for m in messages] == ["admin"]
+        check_in = post(
+            checkins_port,
+            f"/v1/key-results/{kr['id']}/check-ins?min_position={kr['position']}",
+            {"value": 4, "confidence": 8},
+        )
+        assert check_in["position"].startswith("checkins:")
+        messages = await read_stream(f"nats://127.0.0.1:{nats_port}", 7)
+        envelopes = [json.loads(m.data) for m in messages]
+        assert {e["actor"] for e in envelopes} == {"admin"}
+        assert [e["source"] for e in envelopes].count("okr/checkins") == 2
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -85,7 +116,9 @@ async def test_launcher_starts_everything_and_stops_on_sigterm(tmp_path):
             proc.kill()
             raise
     deadline = time.monotonic() + 10
-    while (port_open(nats_port) or port_open(goals_port)) and time.monotonic() < deadline:
+    ports = (nats_port, goals_port, checkins_port)
+    while any(port_open(p) for p in ports) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not port_open(nats_port), "nats-server outlived the launcher"
     assert not port_open(goals_port), "the goals service outlived the launcher"
+    assert not port_open(checkins_port), "the check-in service outlived the launcher"

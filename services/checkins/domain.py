@@ -1,0 +1,367 @@
+"""The check-in domain: each key result's progress (its check-ins and their corrections) and
+teams' check-in meetings.
+
+Imports only the standard library, `eventsourcing.domain` and the shared domain base. What the
+check-in service knows of key results and cycles (kinds, bounds, whether they are open) comes
+in as plain values from its catalogue; the rules that use them live here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import event
+
+from shared.domain import InvalidValue, OkrAggregate, RuleBroken, check
+
+# Aggregate ids here are derived, never shared with the goals service's aggregates: one id is
+# one aggregate across the whole system (subscribers key their state by it).
+PROGRESS_NAMESPACE = uuid5(NAMESPACE_URL, "https://okr.example/checkins/key-result-progress")
+MEETING_NAMESPACE = uuid5(NAMESPACE_URL, "https://okr.example/checkins/team-check-in")
+
+MAX_LIST_ITEMS = 50
+MAX_ITEM_LENGTH = 1000
+LISTS = ("wins", "learnings", "blockers", "priorities")
+
+
+def progress_id_for(key_result_id: UUID) -> UUID:
+    return uuid5(PROGRESS_NAMESPACE, str(key_result_id))
+
+
+def meeting_id_for(team: str, cycle_id: UUID, held_on: date) -> UUID:
+    return uuid5(MEETING_NAMESPACE, f"{cycle_id}|{held_on.isoformat()}|{team}")
+
+
+@dataclass(frozen=True)
+class KeyResultTerms:
+    """What a check-in needs to know about its key result, from the catalogue."""
+
+    id: UUID
+    objective_id: UUID
+    cycle_id: UUID
+    kind: str
+    start: float
+    target: float
+
+    def check_value(self, value: float, field: str = "value") -> float:
+        check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            InvalidValue,
+            f"{field} must be a number",
+            field,
+        )
+        value = float(value)
+        check(math.isfinite(value), InvalidValue, f"{field} must be a finite number", field)
+        check(abs(value) <= 1e15, InvalidValue, f"{field} must be within ±1e15", field)
+        if self.kind == "boolean":
+            check(
+                value in (0.0, 1.0),
+                InvalidValue,
+                f"{field} of a boolean key result must be 0 or 1",
+                field,
+            )
+        elif self.kind == "percent":
+            low = min(0.0, self.start, self.target)
+            high = max(100.0, self.start, self.target)
+            check(
+                low <= value <= high,
+                InvalidValue,
+                f"{field} of a percent key result must be within {low:g}..{high:g}",
+                field,
+            )
+        return value
+
+
+def check_confidence(confidence: int, field: str = "confidence") -> int:
+    check(
+        isinstance(confidence, int) and not isinstance(confidence, bool),
+        InvalidValue,
+        f"{field} must be a whole number from 0 to 10",
+        field,
+    )
+    check(0 <= confidence <= 10, InvalidValue, f"{field} must be from 0 to 10", field)
+    return confidence
+
+
+def _clean_list(items: list[str], field: str) -> list[str]:
+    check(
+        len(items) <= MAX_LIST_ITEMS,
+        InvalidValue,
+        f"{field} takes at most {MAX_LIST_ITEMS} items",
+        field,
+    )
+    cleaned = []
+    for item in items:
+        text = item.strip()
+        check(bool(text), InvalidValue, f"{field} items must not be blank", field)
+        check(
+            len(text) <= MAX_ITEM_LENGTH,
+            InvalidValue,
+            f"{field} items take at most {MAX_ITEM_LENGTH} characters",
+            field,
+        )
+        cleaned.append(text)
+    return cleaned
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    check(bool(reason), InvalidValue, "reason must not be blank", "reason")
+    return reason
+
+
+class KeyResultProgress(OkrAggregate):
+    """The check-ins of one key result, and the corrections made to them.
+
+    A correction never rewrites history: the check-in keeps its original value and confidence,
+    and every correction is kept with its reason.
+    """
+
+    @classmethod
+    def open(cls, terms: KeyResultTerms) -> KeyResultProgress:
+        return cls(key_result_id=terms.id, objective_id=terms.objective_id, cycle_id=terms.cycle_id)
+
+    @staticmethod
+    def create_id(key_result_id: UUID, **_: Any) -> UUID:
+        return progress_id_for(key_result_id)
+
+    @event("Opened")
+    def __init__(self, key_result_id: UUID, objective_id: UUID, cycle_id: UUID) -> None:
+        self.key_result_id = key_result_id
+        self.objective_id = objective_id
+        self.cycle_id = cycle_id
+        # check-in id (str) -> its state; insertion order is check-in order.
+        self.check_ins: dict[str, dict[str, Any]] = {}
+        self.latest: str | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.check_ins)
+
+    def check_in_id_for(self, number: int) -> UUID:
+        return uuid5(self.id, f"check-in:{number}")
+
+    def check_in(
+        self,
+        terms: KeyResultTerms,
+        value: float,
+        confidence: int,
+        note: str,
+        blockers: list[str],
+    ) -> UUID:
+        number = self.count + 1
+        check_in_id = self.check_in_id_for(number)
+        self.trigger_event(
+            self.CheckedIn,
+            check_in_id=check_in_id,
+            key_result_id=self.key_result_id,
+            number=number,
+            value=terms.check_value(value),
+            confidence=check_confidence(confidence),
+            note=note.strip(),
+            blockers=_clean_list(blockers, "blockers"),
+        )
+        return check_in_id
+
+    class CheckedIn(OkrAggregate.Event):
+        check_in_id: UUID
+        key_result_id: UUID
+        number: int
+        value: float
+        confidence: int
+        note: str
+        blockers: list[str]
+
+        def apply(self, aggregate: Any) -> None:
+            key = str(self.check_in_id)
+            aggregate.check_ins[key] = {
+                "id": key,
+                "number": self.number,
+                "value": self.value,
+                "confidence": self.confidence,
+                "original_value": self.value,
+                "original_confidence": self.confidence,
+                "note": self.note,
+                "blockers": list(self.blockers),
+                "at": self.timestamp.isoformat(),
+                "actor": self.actor,
+                "corrections": [],
+            }
+            aggregate.latest = key
+
+    def find(self, check_in_id: UUID) -> dict[str, Any] | None:
+        return self.check_ins.get(str(check_in_id))
+
+    def correct(
+        self,
+        terms: KeyResultTerms,
+        check_in_id: UUID,
+        value: float | None,
+        confidence: int | None,
+        reason: str,
+    ) -> None:
+        entry = self.find(check_in_id)
+        check(entry is not None, InvalidValue, f"No check-in {check_in_id} here", "check_in_id")
+        assert entry is not None
+        check(
+            value is not None or confidence is not None,
+            InvalidValue,
+            "A correction changes value, confidence or both",
+            "value",
+        )
+        new_value = entry["value"] if value is None else terms.check_value(value)
+        new_confidence = entry["confidence"] if confidence is None else check_confidence(confidence)
+        reason = _reason(reason)
+        check(
+            (new_value, new_confidence) != (entry["value"], entry["confidence"]),
+            RuleBroken,
+            f"Check-in {check_in_id} already has value {entry['value']:g} and confidence "
+            f"{entry['confidence']}: nothing to correct",
+        )
+        self.trigger_event(
+            self.CheckInCorrected,
+            check_in_id=check_in_id,
+            key_result_id=self.key_result_id,
+            value=new_value,
+            confidence=new_confidence,
+            previous_value=entry["value"],
+            previous_confidence=entry["confidence"],
+            reason=reason,
+        )
+
+    class CheckInCorrected(OkrAggregate.Event):
+        check_in_id: UUID
+        key_result_id: UUID
+        value: float
+        confidence: int
+        previous_value: float
+        previous_confidence: int
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            entry = aggregate.check_ins[str(self.check_in_id)]
+            entry["value"] = self.value
+            entry["confidence"] = self.confidence
+            entry["corrections"].append(
+                {
+                    "value": self.value,
+                    "confidence": self.confidence,
+                    "previous_value": self.previous_value,
+                    "previous_confidence": self.previous_confidence,
+                    "reason": self.reason,
+                    "at": self.timestamp.isoformat(),
+                    "actor": self.actor,
+                }
+            )
+
+
+class TeamCheckIn(OkrAggregate):
+    """A team's check-in meeting in a cycle, on a date: one per team, cycle and date."""
+
+    @classmethod
+    def hold(
+        cls,
+        *,
+        team: str,
+        cycle_id: UUID,
+        held_on: date,
+        wins: list[str],
+        learnings: list[str],
+        blockers: list[str],
+        priorities: list[str],
+    ) -> TeamCheckIn:
+        lists = {
+            "wins": _clean_list(wins, "wins"),
+            "learnings": _clean_list(learnings, "learnings"),
+            "blockers": _clean_list(blockers, "blockers"),
+            "priorities": _clean_list(priorities, "priorities"),
+        }
+        check(
+            any(lists.values()),
+            InvalidValue,
+            "A meeting records at least one win, learning, blocker or priority",
+            "wins",
+        )
+        return cls(team=team, cycle_id=cycle_id, held_on=held_on, **lists)
+
+    @staticmethod
+    def create_id(team: str, cycle_id: UUID, held_on: date, **_: Any) -> UUID:
+        return meeting_id_for(team, cycle_id, held_on)
+
+    @event("Held")
+    def __init__(
+        self,
+        team: str,
+        cycle_id: UUID,
+        held_on: date,
+        wins: list[str],
+        learnings: list[str],
+        blockers: list[str],
+        priorities: list[str],
+    ) -> None:
+        self.team = team
+        self.cycle_id = cycle_id
+        self.held_on = held_on
+        self.wins = list(wins)
+        self.learnings = list(learnings)
+        self.blockers = list(blockers)
+        self.priorities = list(priorities)
+        self.amendments = 0
+
+    def amend(self, changes: dict[str, list[str] | None], reason: str) -> bool:
+        """Replace any of the four lists; returns False when nothing would change."""
+        unknown = set(changes) - set(LISTS)
+        check(not unknown, InvalidValue, f"Unknown fields: {', '.join(sorted(unknown))}")
+        new = {
+            name: _clean_list(items, name) for name, items in changes.items() if items is not None
+        }
+        changed = {name: items for name, items in new.items() if items != getattr(self, name)}
+        reason = _reason(reason)
+        if not changed:
+            return False
+        after = {name: changed.get(name, getattr(self, name)) for name in LISTS}
+        check(
+            any(after.values()),
+            InvalidValue,
+            "A meeting records at least one win, learning, blocker or priority",
+            "wins",
+        )
+        self._amended(
+            wins=changed.get("wins"),
+            learnings=changed.get("learnings"),
+            blockers=changed.get("blockers"),
+            priorities=changed.get("priorities"),
+            previous_wins=self.wins if "wins" in changed else None,
+            previous_learnings=self.learnings if "learnings" in changed else None,
+            previous_blockers=self.blockers if "blockers" in changed else None,
+            previous_priorities=self.priorities if "priorities" in changed else None,
+            reason=reason,
+        )
+        return True
+
+    @event("Amended")
+    def _amended(
+        self,
+        wins: list[str] | None,
+        learnings: list[str] | None,
+        blockers: list[str] | None,
+        priorities: list[str] | None,
+        previous_wins: list[str] | None,
+        previous_learnings: list[str] | None,
+        previous_blockers: list[str] | None,
+        previous_priorities: list[str] | None,
+        reason: str,
+    ) -> None:
+        for name, items in (
+            ("wins", wins),
+            ("learnings", learnings),
+            ("blockers", blockers),
+            ("priorities", priorities),
+        ):
+            if items is not None:
+                setattr(self, name, list(items))
+        self.amendments += 1

@@ -1,0 +1,61 @@
+"""Composition root of the check-in service."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from pydantic import AliasChoices, Field
+
+from services.checkins.application import CheckinsApplication
+from services.checkins.catalogue import Catalogue
+from services.checkins.http import routers
+from shared.consumer import Consumer, Inbox
+from shared.service import Runtime, create_service
+from shared.settings import ServiceSettings
+from shared.sql import Database
+
+CATALOGUE_CONSUMER = "catalogue"
+
+
+class CheckinsSettings(ServiceSettings):
+    service = "checkins"
+    port: int = Field(
+        default=8002, ge=0, le=65535, validation_alias=AliasChoices("OKR_CHECKINS_PORT", "port")
+    )
+    database_schema: str = Field(
+        default="checkins",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        validation_alias=AliasChoices("OKR_CHECKINS_DATABASE_SCHEMA", "database_schema"),
+    )
+
+
+def _wire(runtime: Runtime) -> None:
+    """The catalogue of key results: a durable consumer of the goals events."""
+    settings = runtime.settings
+    catalogue = Catalogue()
+    consumer = Consumer(
+        settings.service,
+        CATALOGUE_CONSUMER,
+        runtime.link,
+        Inbox(Database(runtime.app), CATALOGUE_CONSUMER, catalogue),
+        stream=settings.stream_name,
+        subjects=["okr.goals.>"],
+        batch_size=settings.consumer_batch_size,
+        ack_wait=settings.consumer_ack_wait_s,
+        poll_interval=settings.consumer_poll_interval_s,
+    )
+    catalogue.is_current = lambda: consumer.current
+    runtime.consumers.append(consumer)
+    runtime.parts["catalogue"] = catalogue
+
+
+def create_app(settings: CheckinsSettings | None = None) -> FastAPI:
+    return create_service(
+        settings or CheckinsSettings(),
+        CheckinsApplication,
+        routers,
+        title="OKR check-in service",
+        description="Weekly check-ins on key results, their corrections, and teams' check-in "
+        "meetings. Every change is an event on `okr.checkins.>`; the key results it accepts "
+        "check-ins for come from the goals service's events.",
+        on_runtime=_wire,
+    )

@@ -1,0 +1,549 @@
+"""Consuming other services' events with an exactly-once effect (DESIGN §5).
+
+A `Consumer` is a JetStream durable pull consumer with explicit acks. It fetches a batch,
+checks each message against the public envelope (`parse`), and hands the valid ones to an
+`Inbox`, which applies them through a `Projector` in one transaction of the service's own
+store, together with what it needs to recognise them again:
+
+- per aggregate, the last version applied: an event at or below it is a duplicate (a
+  redelivery, a relay's republish after a crash, a replay) and changes nothing; an event more
+  than one above it arrived before its predecessor and is handed back to NATS to come again a
+  little later (`nak` with a delay), so per-aggregate order holds even if the relay's
+  republishing ever reorders the stream;
+- per source, the highest sequence applied: how far the consumer has got, for lag and for
+  read-your-writes (`wait_for`).
+
+Only after that transaction commits are the messages acknowledged. A crash between commit and
+ack means a redelivery, which the versions turn into a no-op. A message that is not a valid
+envelope, or whose data the projector cannot use, is terminated (`term`: JetStream stops
+redelivering it and emits a MSG_TERMINATED advisory), counted and logged: it never blocks the
+stream. A store that is down makes the whole batch come again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, Protocol
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import PersistenceError
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from shared.nats import NatsLink
+from shared.sql import Database, Tx
+from shared.telemetry import (
+    CONSUMER_APPLIED,
+    CONSUMER_BATCH_SECONDS,
+    CONSUMER_DUPLICATES,
+    CONSUMER_FAILURES,
+    CONSUMER_LAG,
+    CONSUMER_POSITION,
+    CONSUMER_REDELIVERED,
+    CONSUMER_REJECTED,
+    CONSUMER_RESCHEDULED,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_DATA_BYTES = 1024 * 1024
+
+
+# --- the envelope ---------------------------------------------------------------------------
+
+
+class InvalidMessage(Exception):
+    """A message that is not a valid event envelope, or whose data cannot be applied."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """A validated CloudEvents envelope (DESIGN §4) as it came off the stream."""
+
+    id: str
+    source: str
+    type: str
+    aggregate_id: UUID
+    aggregate_version: int
+    sequence: int
+    time: datetime
+    data: dict[str, Any]
+    actor: str
+    correlation_id: str
+    causation_id: str
+
+    @property
+    def service(self) -> str:
+        return self.source.removeprefix("okr/")
+
+    @property
+    def name(self) -> str:
+        """The type without its version: `okr.goals.key_result.defined`."""
+        return self.type.rsplit(".", 1)[0]
+
+    @property
+    def version(self) -> int:
+        return int(self.type.rsplit(".v", 1)[1])
+
+
+def _text(body: dict[str, Any], key: str, limit: int = 200) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidMessage(f"`{key}` must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def _positive(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidMessage(f"`{key}` must be a positive integer")
+    return value
+
+
+def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
+    """Check a message against the envelope contract; raise `InvalidMessage` if it breaks it.
+
+    Trusts nothing: the source must be the service the subject names, the type must be the
+    subject plus a version, and the `Nats-Msg-Id` (when present) must name the same event.
+    """
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "okr" or not all(parts):
+        raise InvalidMessage(f"subject {subject!r} is not okr.<service>.<aggregate>.<event>")
+    if len(payload) > MAX_DATA_BYTES:
+        raise InvalidMessage("message larger than 1 MiB")
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise InvalidMessage(f"not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise InvalidMessage("the envelope is not a JSON object")
+    if body.get("specversion") != "1.0":
+        raise InvalidMessage("`specversion` must be 1.0")
+    source = _text(body, "source")
+    if source != f"okr/{parts[1]}":
+        raise InvalidMessage(f"source {source!r} does not match subject {subject!r}")
+    event_type = _text(body, "type")
+    name, _, version = event_type.rpartition(".v")
+    if name != subject or not version.isdigit():
+        raise InvalidMessage(f"type {event_type!r} does not match subject {subject!r}")
+    try:
+        aggregate_id = UUID(_text(body, "subject", 64))
+    except ValueError as e:
+        raise InvalidMessage("`subject` must be the aggregate's UUID") from e
+    try:
+        at = datetime.fromisoformat(_text(body, "time", 64))
+    except ValueError as e:
+        raise InvalidMessage("`time` must be an ISO 8601 timestamp") from e
+    if at.tzinfo is None:
+        raise InvalidMessage("`time` must carry a time zone")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise InvalidMessage("`data` must be a JSON object")
+    if body.get("datacontenttype", "application/json") != "application/json":
+        raise InvalidMessage("`datacontenttype` must be application/json")
+    sequence = _positive(body, "sequence")
+    if msg_id is not None and msg_id != f"{source}:{sequence}":
+        raise InvalidMessage(f"Nats-Msg-Id {msg_id!r} does not match {source}:{sequence}")
+    return Received(
+        id=_text(body, "id", 64),
+        source=source,
+        type=event_type,
+        aggregate_id=aggregate_id,
+        aggregate_version=_positive(body, "aggregateversion"),
+        sequence=sequence,
+        time=at,
+        data=data,
+        actor=_text(body, "actor"),
+        correlation_id=_text(body, "correlationid", 128),
+        causation_id=_text(body, "causationid", 128),
+    )
+
+
+# --- applying, once -------------------------------------------------------------------------
+
+
+class Projector(Protocol):
+    """What a consumer applies events to. Runs on a worker thread, one batch at a time."""
+
+    def tables(self) -> Sequence[str]:
+        """CREATE TABLE IF NOT EXISTS statements of its view."""
+        ...
+
+    def load(self, tx: Tx) -> None:
+        """Read the view at start-up (for projectors that keep it in memory too)."""
+        ...
+
+    def apply(self, tx: Tx, event: Received) -> None:
+        """Apply one event inside the batch's transaction. Raise `InvalidMessage` for data it
+        cannot use; any other exception except the store's is treated the same way."""
+        ...
+
+    def committed(self) -> None:
+        """The batch's transaction committed: publish what it staged."""
+        ...
+
+    def rolled_back(self) -> None:
+        """The batch's transaction rolled back: forget what it staged."""
+        ...
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    EARLY = "early"  # its predecessor has not been applied yet: deliver again later
+    INVALID = "invalid"
+
+
+INBOX_TABLES = [
+    "CREATE TABLE IF NOT EXISTS {t}inbox_versions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
+    " aggregate_id TEXT NOT NULL, version BIGINT NOT NULL,"
+    " PRIMARY KEY (consumer, source, aggregate_id))",
+    "CREATE TABLE IF NOT EXISTS {t}inbox_positions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
+    " position BIGINT NOT NULL, applied BIGINT NOT NULL, PRIMARY KEY (consumer, source))",
+]
+
+
+class _Poison(Exception):
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+class Inbox:
+    """Applies batches of events through a projector, each event once in effect."""
+
+    def __init__(self, db: Database, consumer: str, projector: Projector) -> None:
+        self.db = db
+        self.consumer = consumer
+        self.projector = projector
+        self.positions: dict[str, int] = {}
+
+    def setup(self) -> None:
+        self.db.create([*INBOX_TABLES, *self.projector.tables()])
+        with self.db.transaction(commit=False) as tx:
+            rows = tx.execute(
+                "SELECT source, position FROM {t}inbox_positions WHERE consumer = ?",
+                (self.consumer,),
+            ).fetchall()
+            self.positions = {r["source"]: int(r["position"]) for r in rows}
+            self.projector.load(tx)
+
+    def process(self, events: Sequence[Received]) -> tuple[list[Outcome], dict[int, str]]:
+        """Apply a batch in one transaction. Returns an outcome per event (in the order
+        given) and the reasons for those found invalid. Raises `PersistenceError` when the
+        store fails: nothing was applied then."""
+        invalid: dict[int, str] = {}
+        while True:
+            try:
+                outcomes = self._process(events, invalid)
+            except _Poison as p:
+                # That event's data broke the projector: set it aside, redo the rest.
+                invalid[p.index] = p.reason
+                continue
+            return outcomes, invalid
+
+    def _process(self, events: Sequence[Received], invalid: dict[int, str]) -> list[Outcome]:
+        outcomes = [Outcome.INVALID] * len(events)
+        # Within a batch, apply in log order per source whatever order the stream had.
+        order = sorted(
+            (i for i in range(len(events)) if i not in invalid),
+            key=lambda i: (events[i].source, events[i].sequence),
+        )
+        try:
+            with self.db.transaction() as tx:
+                versions = self._versions(tx, [events[i] for i in order])
+                positions: dict[str, int] = {}
+                counts: dict[str, int] = {}
+                for i in order:
+                    ev = events[i]
+                    key = (ev.source, str(ev.aggregate_id))
+                    known = versions.get(key, 0)
+                    if ev.aggregate_version <= known:
+                        outcomes[i] = Outcome.DUPLICATE
+                        continue
+                    if ev.aggregate_version > known + 1:
+                        outcomes[i] = Outcome.EARLY
+                        continue
+                    try:
+                        self.projector.apply(tx, ev)
+                    except PersistenceError:
+                        raise
+                    except Exception as e:
+                        raise _Poison(i, f"{type(e).__name__}: {e}") from e
+                    versions[key] = ev.aggregate_version
+                    outcomes[i] = Outcome.APPLIED
+                    positions[ev.source] = max(positions.get(ev.source, 0), ev.sequence)
+                    counts[ev.source] = counts.get(ev.source, 0) + 1
+                    tx.execute(
+                        "INSERT INTO {t}inbox_versions VALUES (?, ?, ?, ?) ON CONFLICT "
+                        "(consumer, source, aggregate_id) DO UPDATE SET version = excluded.version",
+                        (self.consumer, ev.source, key[1], ev.aggregate_version),
+                    )
+                for source, position in positions.items():
+                    tx.execute(
+                        "INSERT INTO {t}inbox_positions VALUES (?, ?, ?, ?) ON CONFLICT "
+                        "(consumer, source) DO UPDATE SET position = CASE WHEN "
+                        "excluded.position > {t}inbox_positions.position THEN excluded.position "
+                        "ELSE {t}inbox_positions.position END, "
+                        "applied = {t}inbox_positions.applied + excluded.applied",
+                        (self.consumer, source, position, counts[source]),
+                    )
+        except BaseException:
+            self.projector.rolled_back()
+            raise
+        self.projector.committed()
+        for source, position in positions.items():
+            self.positions[source] = max(self.positions.get(source, 0), position)
+        return outcomes
+
+    def _versions(self, tx: Tx, events: Iterable[Received]) -> dict[tuple[str, str], int]:
+        ids = sorted({str(e.aggregate_id) for e in events})
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            # Only placeholders are formatted in; the ids go in as parameters.
+            where = f"consumer = ? AND aggregate_id IN ({self.db.placeholders(len(chunk))})"
+            rows = tx.execute(
+                "SELECT source, aggregate_id, version FROM {t}inbox_versions WHERE " + where,  # noqa: S608
+                (self.consumer, *chunk),
+            ).fetchall()
+            for r in rows:
+                found[(r["source"], r["aggregate_id"])] = int(r["version"])
+        return found
+
+
+# --- the JetStream side ---------------------------------------------------------------------
+
+
+class Consumer:
+    """A durable pull consumer feeding an `Inbox`, reconnecting and backing off by itself."""
+
+    def __init__(
+        self,
+        service: str,
+        name: str,
+        link: NatsLink,
+        inbox: Inbox,
+        *,
+        stream: str,
+        subjects: list[str],
+        batch_size: int = 256,
+        ack_wait: float = 30.0,
+        poll_interval: float = 1.0,
+        early_delay: float = 0.5,
+    ) -> None:
+        self.service = service
+        self.name = name
+        self.link = link
+        self.inbox = inbox
+        self.stream = stream
+        self.subjects = subjects
+        self.batch_size = batch_size
+        self.ack_wait = ack_wait
+        self.poll_interval = poll_interval
+        self.early_delay = early_delay
+        self.pending = 0
+        self.caught_up = False
+        self.last_error: str | None = None
+        self.last_progress = time.monotonic()
+        self._advanced = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def durable(self) -> str:
+        return f"{self.service}-{self.name}"
+
+    @property
+    def current(self) -> bool:
+        """Whether the consumer has, as far as it can tell, applied everything in the stream:
+        connected, no error, and nothing left to fetch at its last look."""
+        return self.caught_up and self.last_error is None and self.link.connected
+
+    def follows(self, service: str) -> bool:
+        """Whether this consumer receives the events of `service`."""
+        return any(
+            s in ("okr.>", f"okr.{service}.>") or s.startswith(f"okr.{service}.")
+            for s in self.subjects
+        )
+
+    @property
+    def positions(self) -> dict[str, int]:
+        return self.inbox.positions
+
+    # --- control ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.inbox.setup)
+        self._task = asyncio.create_task(self.run(), name=f"{self.durable}-consumer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def stuck_for(self) -> float:
+        """Seconds with messages waiting and no progress (0 when caught up)."""
+        if self.caught_up and self.last_error is None:
+            return 0.0
+        return time.monotonic() - self.last_progress
+
+    async def wait_for(self, source: str, sequence: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait (bounded) until events of `source` up to `sequence` have been applied."""
+
+        def reached() -> bool:
+            return self.positions.get(source, 0) >= sequence
+
+        if reached():
+            return True
+        async with self._advanced:
+            try:
+                await asyncio.wait_for(self._advanced.wait_for(reached), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                CONSUMER_FAILURES.labels(self.service, self.name).inc()
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.caught_up = False
+                log.warning("consumer %s: %s; retrying in %.1fs", self.durable, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.1
+
+    async def _subscribe(self) -> Any:
+        js = await self.link.wait()
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=max(1000, self.batch_size * 4),
+            **(
+                {"filter_subject": self.subjects[0]}
+                if len(self.subjects) == 1
+                else {"filter_subjects": self.subjects}
+            ),
+        )
+        try:
+            await js.add_consumer(self.stream, config)
+        except NotFoundError as e:
+            raise RuntimeError(f"stream {self.stream} not found") from e
+        return await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def _consume(self) -> None:
+        sub = await self._subscribe()
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
+                except NatsTimeoutError:
+                    if self.link.connected:
+                        self._idle()
+                    else:
+                        self.caught_up = False
+                    continue
+                await self._handle(msgs)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _idle(self) -> None:
+        self.caught_up = True
+        self.pending = 0
+        self.last_error = None
+        CONSUMER_LAG.labels(self.service, self.name).set(0)
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        if not msgs:  # a pull that ended with a status, not messages
+            self._idle()
+            return
+        started = time.perf_counter()
+        events: list[Received] = []
+        carriers: list[Msg] = []
+        for msg in msgs:
+            if msg.metadata.num_delivered > 1:
+                CONSUMER_REDELIVERED.labels(self.service, self.name).inc()
+            try:
+                headers = msg.headers or {}
+                events.append(parse(msg.subject, msg.data, headers.get("Nats-Msg-Id")))
+                carriers.append(msg)
+            except InvalidMessage as e:
+                await self._reject(msg, str(e))
+        if events:
+            try:
+                outcomes, invalid = await asyncio.to_thread(self.inbox.process, events)
+            except PersistenceError:
+                # Nothing was applied: have the batch come again soon, then back off.
+                for msg in carriers:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+                raise
+            for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True)):
+                await self._settle(msg, outcome, invalid.get(i))
+            applied = outcomes.count(Outcome.APPLIED)
+            CONSUMER_APPLIED.labels(self.service, self.name).inc(applied)
+            CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
+                outcomes.count(Outcome.DUPLICATE)
+            )
+        self.pending = msgs[-1].metadata.num_pending or 0
+        self.caught_up = self.pending == 0
+        self.last_error = None
+        self.last_progress = time.monotonic()
+        CONSUMER_LAG.labels(self.service, self.name).set(self.pending)
+        for source, position in self.positions.items():
+            CONSUMER_POSITION.labels(self.service, self.name, source).set(position)
+        CONSUMER_BATCH_SECONDS.labels(self.service, self.name).observe(
+            time.perf_counter() - started
+        )
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def _settle(self, msg: Msg, outcome: Outcome, reason: str | None) -> None:
+        if outcome is Outcome.INVALID:
+            await self._reject(msg, reason or "invalid")
+        elif outcome is Outcome.EARLY:
+            # Its predecessor is still on its way: back off a little more each time.
+            CONSUMER_RESCHEDULED.labels(self.service, self.name).inc()
+            attempts = msg.metadata.num_delivered
+            await msg.nak(delay=min(self.early_delay * attempts, 30.0))
+        else:
+            await self.acknowledge(msg)
+
+    async def acknowledge(self, msg: Msg) -> None:
+        await msg.ack()
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        CONSUMER_REJECTED.labels(self.service, self.name).inc()
+        meta = msg.metadata
+        log.error(
+            "consumer %s rejected stream message %s on %s: %s",
+            self.durable,
+            meta.sequence.stream,
+            msg.subject,
+            reason,
+        )
+        await msg.term()
