@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -34,14 +34,25 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from shared.domain import CommandContext, DomainError, command_context
 from shared.nats import NatsLink
+from shared.settings import ServiceSettings
 from shared.sql import Database, Tx
+from shared.store import (
+    INBOX_TABLES,
+    UPSERT_INBOX_POSITION,
+    UPSERT_INBOX_VERSION,
+    InboxRecord,
+    ServiceApplication,
+)
+from shared.tasks import BlockingWorker, stop_task
 from shared.telemetry import (
     CONSUMER_APPLIED,
     CONSUMER_BATCH_SECONDS,
@@ -52,11 +63,13 @@ from shared.telemetry import (
     CONSUMER_REDELIVERED,
     CONSUMER_REJECTED,
     CONSUMER_RESCHEDULED,
+    POLICY_REFUSED,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_DATA_BYTES = 1024 * 1024
+MAX_POLICY_ATTEMPTS = 5
 
 
 # --- the envelope ---------------------------------------------------------------------------
@@ -204,13 +217,30 @@ class Outcome(Enum):
     INVALID = "invalid"
 
 
-INBOX_TABLES = [
-    "CREATE TABLE IF NOT EXISTS {t}inbox_versions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
-    " aggregate_id TEXT NOT NULL, version BIGINT NOT NULL,"
-    " PRIMARY KEY (consumer, source, aggregate_id))",
-    "CREATE TABLE IF NOT EXISTS {t}inbox_positions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
-    " position BIGINT NOT NULL, applied BIGINT NOT NULL, PRIMARY KEY (consumer, source))",
-]
+class Projectors:
+    """Several projectors fed by one consumer, in one transaction."""
+
+    def __init__(self, *projectors: Projector) -> None:
+        self.projectors = projectors
+
+    def tables(self) -> Sequence[str]:
+        return [t for p in self.projectors for t in p.tables()]
+
+    def load(self, tx: Tx) -> None:
+        for p in self.projectors:
+            p.load(tx)
+
+    def apply(self, tx: Tx, event: Received) -> None:
+        for p in self.projectors:
+            p.apply(tx, event)
+
+    def committed(self) -> None:
+        for p in self.projectors:
+            p.committed()
+
+    def rolled_back(self) -> None:
+        for p in self.projectors:
+            p.rolled_back()
 
 
 class _Poison(Exception):
@@ -286,18 +316,12 @@ class Inbox:
                     positions[ev.source] = max(positions.get(ev.source, 0), ev.sequence)
                     counts[ev.source] = counts.get(ev.source, 0) + 1
                     tx.execute(
-                        "INSERT INTO {t}inbox_versions VALUES (?, ?, ?, ?) ON CONFLICT "
-                        "(consumer, source, aggregate_id) DO UPDATE SET version = excluded.version",
+                        UPSERT_INBOX_VERSION,
                         (self.consumer, ev.source, key[1], ev.aggregate_version),
                     )
                 for source, position in positions.items():
                     tx.execute(
-                        "INSERT INTO {t}inbox_positions VALUES (?, ?, ?, ?) ON CONFLICT "
-                        "(consumer, source) DO UPDATE SET position = CASE WHEN "
-                        "excluded.position > {t}inbox_positions.position THEN excluded.position "
-                        "ELSE {t}inbox_positions.position END, "
-                        "applied = {t}inbox_positions.applied + excluded.applied",
-                        (self.consumer, source, position, counts[source]),
+                        UPSERT_INBOX_POSITION, (self.consumer, source, position, counts[source])
                     )
         except BaseException:
             self.projector.rolled_back()
@@ -323,6 +347,108 @@ class Inbox:
         return found
 
 
+# --- policies: events that cause events ----------------------------------------------------
+
+
+class Policy(Protocol):
+    """A reaction of a service to another service's events, whose effect is events of its own.
+    Runs on a worker thread, inside the event's command context (actor and correlation id of
+    the event; the event's id as causation)."""
+
+    def react(self, event: Received) -> list[Aggregate]:
+        """The aggregates the event creates or changes, not yet saved; [] for none. Raise a
+        `DomainError` when the rules refuse what the event asks (recorded as handled, logged
+        and counted), `InvalidMessage` for data it cannot use."""
+        ...
+
+
+class ProcessInbox:
+    """Applies events through a `Policy`, each once in effect: the policy's new events and the
+    inbox record of the event that caused them are saved in one transaction of the service's
+    store (`app.save(..., inbox=...)`), so a crash can never leave one without the other."""
+
+    def __init__(
+        self,
+        app: ServiceApplication,
+        consumer: str,
+        policy: Policy,
+        on_saved: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.db = Database(app)
+        self.consumer = consumer
+        self.policy = policy
+        self.on_saved = on_saved
+        self.positions: dict[str, int] = {}
+
+    def setup(self) -> None:
+        with self.db.transaction(commit=False) as tx:
+            rows = tx.execute(
+                "SELECT source, position FROM {t}inbox_positions WHERE consumer = ?",
+                (self.consumer,),
+            ).fetchall()
+        self.positions = {r["source"]: int(r["position"]) for r in rows}
+
+    def process(self, events: Sequence[Received]) -> tuple[list[Outcome], dict[int, str]]:
+        outcomes = [Outcome.INVALID] * len(events)
+        invalid: dict[int, str] = {}
+        order = sorted(range(len(events)), key=lambda i: (events[i].source, events[i].sequence))
+        for i in order:
+            outcome, reason = self._process_one(events[i])
+            outcomes[i] = outcome
+            if reason is not None:
+                invalid[i] = reason
+        return outcomes, invalid
+
+    def _version(self, event: Received) -> int:
+        with self.db.transaction(commit=False) as tx:
+            row = tx.execute(
+                "SELECT version FROM {t}inbox_versions WHERE consumer = ? AND source = ?"
+                " AND aggregate_id = ?",
+                (self.consumer, event.source, str(event.aggregate_id)),
+            ).fetchone()
+        return 0 if row is None else int(row["version"])
+
+    def _process_one(self, event: Received) -> tuple[Outcome, str | None]:
+        context = CommandContext(event.actor, event.correlation_id, event.id)
+        for _attempt in range(MAX_POLICY_ATTEMPTS):
+            known = self._version(event)
+            if event.aggregate_version <= known:
+                return Outcome.DUPLICATE, None
+            if event.aggregate_version > known + 1:
+                return Outcome.EARLY, None
+            try:
+                with command_context(context):
+                    aggregates = self.policy.react(event)
+            except DomainError as e:
+                POLICY_REFUSED.labels(self.consumer).inc()
+                log.warning("policy %s refused %s %s: %s", self.consumer, event.type, event.id, e)
+                aggregates = []
+            except PersistenceError:
+                raise
+            except Exception as e:
+                return Outcome.INVALID, f"{type(e).__name__}: {e}"
+            record = InboxRecord(
+                self.consumer,
+                event.source,
+                str(event.aggregate_id),
+                event.aggregate_version,
+                event.sequence,
+            )
+            try:
+                if aggregates:
+                    self.app.save(*aggregates, inbox=[record])
+                else:
+                    self.app.record_inbox([record])
+            except IntegrityError:
+                continue  # another writer got there first: look again
+            if aggregates and self.on_saved is not None:
+                self.on_saved()
+            self.positions[event.source] = max(self.positions.get(event.source, 0), event.sequence)
+            return Outcome.APPLIED, None
+        raise PersistenceError(f"{event.type} {event.id} kept conflicting; will retry")
+
+
 # --- the JetStream side ---------------------------------------------------------------------
 
 
@@ -334,7 +460,7 @@ class Consumer:
         service: str,
         name: str,
         link: NatsLink,
-        inbox: Inbox,
+        inbox: Inbox | ProcessInbox,
         *,
         stream: str,
         subjects: list[str],
@@ -359,6 +485,30 @@ class Consumer:
         self.last_progress = time.monotonic()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._worker = BlockingWorker(f"{service}-{name}")
+
+    @classmethod
+    def for_service(
+        cls,
+        settings: ServiceSettings,
+        name: str,
+        link: NatsLink,
+        inbox: Inbox | ProcessInbox,
+        subjects: list[str],
+    ) -> Consumer:
+        """The service's consumer `name` on `subjects`, tuned by the `OKR_CONSUMER_*` settings."""
+        return cls(
+            settings.service,
+            name,
+            link,
+            inbox,
+            stream=settings.stream_name,
+            subjects=subjects,
+            batch_size=settings.consumer_batch_size,
+            ack_wait=settings.consumer_ack_wait_s,
+            poll_interval=settings.consumer_poll_interval_s,
+        )
 
     @property
     def durable(self) -> str:
@@ -384,15 +534,14 @@ class Consumer:
     # --- control ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.inbox.setup)
+        await self._worker.run(self.inbox.setup)
         self._task = asyncio.create_task(self.run(), name=f"{self.durable}-consumer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
+        await self._worker.close()
 
     def stuck_for(self) -> float:
         """Seconds with messages waiting and no progress (0 when caught up)."""
@@ -419,12 +568,14 @@ class Consumer:
 
     async def run(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if self._stopping:
+                    return
                 CONSUMER_FAILURES.labels(self.service, self.name).inc()
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.caught_up = False
@@ -457,7 +608,7 @@ class Consumer:
     async def _consume(self) -> None:
         sub = await self._subscribe()
         try:
-            while True:
+            while not self._stopping:
                 try:
                     msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
                 except NatsTimeoutError:
@@ -495,7 +646,7 @@ class Consumer:
                 await self._reject(msg, str(e))
         if events:
             try:
-                outcomes, invalid = await asyncio.to_thread(self.inbox.process, events)
+                outcomes, invalid = await self._worker.run(self.inbox.process, events)
             except PersistenceError:
                 # Nothing was applied: have the batch come again soon, then back off.
                 for msg in carriers:

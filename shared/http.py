@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -339,6 +340,16 @@ def if_match_dep(
         raise InvalidValue('If-Match must be an ETag such as "3"', field="If-Match")
     return int(value)
 
+
+Position = Annotated[str, StringConstraints(pattern=r"^[a-z]{1,32}:[0-9]{1,18}$")]
+MinPosition = Annotated[
+    list[Position] | None,
+    Query(
+        max_length=8,
+        description="Wait (bounded) until this service has seen the events of other services "
+        "up to these positions, e.g. the `goals:42` the goals service answered (repeatable)",
+    ),
+]
 
 Actor = Annotated[Principal, Depends(current_principal)]
 Context = Annotated[CommandContext, Depends(command_context_dep)]

@@ -20,6 +20,7 @@ from nats.js.api import PubAck
 from shared import contract
 from shared.nats import NatsLink
 from shared.store import RELAY_TRACKING_NAME, ServiceApplication
+from shared.tasks import BlockingWorker, stop_task
 from shared.telemetry import (
     RELAY_BACKLOG,
     RELAY_DUPLICATES,
@@ -58,6 +59,8 @@ class Relay:
         self.caught_up = False
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._worker = BlockingWorker(f"{service}-relay")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- control ------------------------------------------------------------------------
@@ -67,11 +70,10 @@ class Relay:
         self._task = asyncio.create_task(self.run(), name=f"{self.service}-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
+        await self._worker.close()
 
     def wake(self) -> None:
         """Thread-safe: new events were committed."""
@@ -89,12 +91,14 @@ class Relay:
     async def run(self) -> None:
         delay = 0.1
         position_at_failure = -1
-        while True:
+        while not self._stopping:
             try:
                 await self._pump()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if self._stopping:
+                    return
                 RELAY_FAILURES.labels(self.service).inc()
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.caught_up = False
@@ -110,12 +114,12 @@ class Relay:
         js = await self.link.wait()
         recorder = self.app.recorder
         self.position = (
-            await asyncio.to_thread(recorder.max_tracking_id, RELAY_TRACKING_NAME)  # type: ignore[attr-defined]
+            await self._worker.run(recorder.max_tracking_id, RELAY_TRACKING_NAME)  # type: ignore[attr-defined]
         ) or 0
         RELAY_POSITION.labels(self.service).set(self.position)
-        while True:
+        while not self._stopping:
             self._wakeup.clear()
-            notifications = await asyncio.to_thread(
+            notifications = await self._worker.run(
                 recorder.select_notifications,
                 self.position,
                 self.batch_size,
@@ -162,7 +166,7 @@ class Relay:
                 fut.cancel()
             if acked:
                 last = notifications[acked - 1].id
-                await asyncio.to_thread(
+                await self._worker.run(
                     recorder.insert_tracking,  # type: ignore[attr-defined]
                     Tracking(application_name=RELAY_TRACKING_NAME, notification_id=last),
                 )
@@ -175,5 +179,5 @@ class Relay:
                 raise error
             self.last_error = None
             if len(notifications) < self.batch_size:
-                max_id = await asyncio.to_thread(recorder.max_notification_id)
+                max_id = await self._worker.run(recorder.max_notification_id)
                 RELAY_BACKLOG.labels(self.service).set(max(0, (max_id or 0) - self.position))

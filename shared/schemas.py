@@ -11,7 +11,8 @@ Title = Annotated[str, StringConstraints(min_length=1, max_length=300, strip_whi
 Text = Annotated[str, StringConstraints(max_length=5000)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
 Unit = Annotated[str, StringConstraints(max_length=50, strip_whitespace=True)]
-Number = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
+# Strict: JSON numbers only (integers included); `true` or "30" are not numbers.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1e15, le=1e15)]
 
 
 class Body(BaseModel):

@@ -47,11 +47,15 @@ class Runtime:
     parts: dict[str, Any] = field(default_factory=dict)
     extra_checks: list[Check] = field(default_factory=list)
 
-    async def wait_for_position(self, position: str | None) -> None:
+    async def wait_for_position(self, positions: str | list[str] | None) -> None:
         """Read-your-writes across services: wait (bounded) until this service has applied
-        the events of another service up to `position` (`<service>:<sequence>`)."""
-        if position is None:
+        the events of other services up to `positions` (each `<service>:<sequence>`)."""
+        if positions is None:
             return
+        for position in [positions] if isinstance(positions, str) else positions:
+            await self._wait_for_one(position)
+
+    async def _wait_for_one(self, position: str) -> None:
         service, _, sequence = position.partition(":")
         if service == self.settings.service:
             return  # our own store is the source of truth: every answered position is in it

@@ -15,7 +15,7 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
-from shared.store import ServiceApplication
+from shared.store import ServiceApplication, dialect
 
 
 class Tx:
@@ -45,15 +45,13 @@ class Database:
         datastore = app.recorder.datastore  # type: ignore[attr-defined]
         self._datastore = datastore
         self.postgres = isinstance(datastore, PostgresDatastore)
-        self._prefix = f'"{datastore.schema}".' if self.postgres else ""
+        self._schema: str | None = datastore.schema if self.postgres else None
         self._cache: dict[str, str] = {}
 
     def sql(self, statement: str) -> str:
         translated = self._cache.get(statement)
         if translated is None:
-            translated = statement.replace("{t}", self._prefix)
-            if self.postgres:
-                translated = translated.replace("?", "%s")
+            translated = dialect(statement, self._schema)
             self._cache[statement] = translated
         return translated
 

@@ -77,6 +77,54 @@ class Lookup:
     value: str
 
 
+@dataclass(frozen=True)
+class InboxRecord:
+    """That a consumer applied an event: written with whatever the event caused."""
+
+    consumer: str
+    source: str
+    aggregate_id: str
+    version: int
+    sequence: int
+
+
+# The consumers' inbox (shared/consumer.py): what each consumer applied. In every store, so a
+# policy can record it in the same transaction as the events it causes. Statements use `?`
+# and `{t}` before table names, made concrete by `dialect()`.
+INBOX_TABLES = [
+    "CREATE TABLE IF NOT EXISTS {t}inbox_versions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
+    " aggregate_id TEXT NOT NULL, version BIGINT NOT NULL,"
+    " PRIMARY KEY (consumer, source, aggregate_id))",
+    "CREATE TABLE IF NOT EXISTS {t}inbox_positions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
+    " position BIGINT NOT NULL, applied BIGINT NOT NULL, PRIMARY KEY (consumer, source))",
+]
+UPSERT_INBOX_VERSION = (
+    "INSERT INTO {t}inbox_versions VALUES (?, ?, ?, ?) ON CONFLICT "
+    "(consumer, source, aggregate_id) DO UPDATE SET version = excluded.version"
+)
+UPSERT_INBOX_POSITION = (
+    "INSERT INTO {t}inbox_positions VALUES (?, ?, ?, ?) ON CONFLICT (consumer, source) "
+    "DO UPDATE SET position = CASE WHEN excluded.position > {t}inbox_positions.position "
+    "THEN excluded.position ELSE {t}inbox_positions.position END, "
+    "applied = {t}inbox_positions.applied + excluded.applied"
+)
+
+
+def dialect(statement: str, schema: str | None) -> str:
+    """A statement for SQLite (schema None) or for PostgreSQL in `schema`."""
+    if schema is None:
+        return statement.replace("{t}", "")
+    return statement.replace("{t}", f'"{schema}".').replace("?", "%s")
+
+
+def _inbox_rows(
+    records: Sequence[InboxRecord],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    versions = [(r.consumer, r.source, r.aggregate_id, r.version) for r in records]
+    positions = [(r.consumer, r.source, r.sequence, 1) for r in records]
+    return versions, positions
+
+
 def _ids_by_event(
     stored_events: Sequence[StoredEvent], ids: Sequence[int] | None
 ) -> dict[tuple[UUID, int], int]:
@@ -99,6 +147,7 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             "CREATE TABLE IF NOT EXISTS lookups (kind TEXT NOT NULL, key TEXT NOT NULL, "
             "value TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
         )
+        statements.extend(dialect(t, None) for t in INBOX_TABLES)
         return statements
 
     def _insert_events(
@@ -121,7 +170,20 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             c.executemany(
                 "INSERT INTO lookups VALUES (?, ?, ?)", [(x.kind, x.key, x.value) for x in lookups]
             )
+        self._record_inbox(c, kwargs.get("inbox") or [])
         return ids
+
+    def _record_inbox(self, c: Any, records: Sequence[InboxRecord]) -> None:
+        versions, positions = _inbox_rows(records)
+        for row in versions:
+            c.execute(dialect(UPSERT_INBOX_VERSION, None), row)
+        for row in positions:
+            c.execute(dialect(UPSERT_INBOX_POSITION, None), row)
+
+    def record_inbox(self, records: Sequence[InboxRecord]) -> None:
+        """Inbox records of events that caused no event of ours."""
+        with self.datastore.transaction(commit=True) as c:
+            self._record_inbox(c, records)
 
     def find_lookup(self, kind: str, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as c:
@@ -169,6 +231,10 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                 "key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key))"
             ).format(schema=schema)
         )
+        for table in INBOX_TABLES:
+            self.sql_create_statements.append(SQL(dialect(table, self.datastore.schema)))  # type: ignore[arg-type]
+        self._upsert_version = dialect(UPSERT_INBOX_VERSION, self.datastore.schema)
+        self._upsert_position = dialect(UPSERT_INBOX_POSITION, self.datastore.schema)
         self._insert_lookup = SQL("INSERT INTO {schema}.lookups VALUES (%s, %s, %s)").format(
             schema=schema
         )
@@ -201,7 +267,20 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         lookups: list[Lookup] = kwargs.get("lookups") or []
         if lookups:
             curs.executemany(self._insert_lookup, [(x.kind, x.key, x.value) for x in lookups])
+        self._record_inbox(curs, kwargs.get("inbox") or [])
         return ids
+
+    def _record_inbox(self, curs: Any, records: Sequence[InboxRecord]) -> None:
+        versions, positions = _inbox_rows(records)
+        for row in versions:
+            curs.execute(self._upsert_version, row)
+        for row in positions:
+            curs.execute(self._upsert_position, row)
+
+    def record_inbox(self, records: Sequence[InboxRecord]) -> None:
+        """Inbox records of events that caused no event of ours."""
+        with self.datastore.transaction(commit=True) as curs:
+            self._record_inbox(curs, records)
 
     def find_lookup(self, kind: str, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as curs:
@@ -274,6 +353,9 @@ class ServiceApplication(Application):
 
     def find_answer(self, key: str) -> StoredAnswer | None:
         return self.recorder.find_answer(key)  # type: ignore[attr-defined, no-any-return]
+
+    def record_inbox(self, records: Sequence[InboxRecord]) -> None:
+        self.recorder.record_inbox(records)  # type: ignore[attr-defined]
 
     def find_lookup(self, kind: str, key: str) -> str | None:
         return self.recorder.find_lookup(kind, key)  # type: ignore[attr-defined, no-any-return]

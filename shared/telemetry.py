@@ -95,3 +95,8 @@ CONSUMER_BATCH_SECONDS = Histogram(
     ["service", "consumer"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+POLICY_REFUSED = Counter(
+    "okr_policy_refused_total",
+    "Events a policy handled without effect because the rules refused what they asked",
+    ["consumer"],
+)

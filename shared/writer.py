@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=Aggregate)
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 8
 
 
 class Conflict(DomainError):
@@ -351,21 +353,23 @@ class CommandWriter:
             if key is not None:
                 followers[key] = []
             uow = UnitOfWork(self.app, self.cache, batch)
+            failure: BaseException | None = None
             try:
                 with command_context(cmd.context):
                     primary = cmd.run(uow)
             except DomainError as e:
-                poisoned = poisoned or uow.changed_anything()
-                self._finish(cmd, e)
-                continue
+                failure = e
             except PersistenceError as e:
-                poisoned = poisoned or uow.changed_anything()
-                self._finish(cmd, StoreUnavailable(str(e)))
-                continue
+                failure = StoreUnavailable(str(e))
             except Exception as e:
                 log.exception("command failed")
+                failure = e
+            if failure is not None:
                 poisoned = poisoned or uow.changed_anything()
-                self._finish(cmd, e)
+                self._finish(cmd, failure)
+                if key is not None:
+                    # Refused commands store no key: a later copy in this batch runs on its own.
+                    followers.pop(key, None)
                 continue
             # Taken now: saving clears pending events, and later commands in the batch may
             # change the same aggregate again.
@@ -417,7 +421,11 @@ class CommandWriter:
 
     def _run_alone(self, cmd: _Command) -> CommandResult | BaseException:
         """Run one command from freshly loaded aggregates, retrying on conflicts."""
-        for _attempt in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                # Another writer keeps winning: step aside briefly (jittered, a few ms at most)
+                # rather than collide again at once.
+                time.sleep(random.uniform(0, 0.0005 * 2**attempt))
             batch: dict[UUID, Aggregate] = {}
             try:
                 stored = self._stored_answer(cmd)

@@ -15,6 +15,8 @@ import pytest
 from services.checkins.main import CheckinsSettings
 from services.checkins.main import create_app as create_checkins
 from services.goals.main import GoalsSettings, create_app
+from services.reviews.main import ReviewsSettings
+from services.reviews.main import create_app as create_reviews
 from tests.support import SECRET, NatsServer, Postgres, RunningService, declare_stream, serve
 
 ADMIN_URL = os.environ.get("OKR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -68,6 +70,8 @@ def goals_settings(store: dict[str, Any], nats_server: NatsServer) -> GoalsSetti
         jwt_secret=SECRET,
         nats_url=nats_server.url,
         relay_poll_interval_s=0.05,
+        consumer_poll_interval_s=0.2,
+        consumer_ack_wait_s=2,
         **store,
     )
 
@@ -100,4 +104,28 @@ async def checkins(
 ) -> AsyncIterator[RunningService]:
     """The check-in service, with the goals service beside it on the same NATS."""
     async with serve(create_checkins(checkins_settings)) as running:
+        yield running
+
+
+@pytest.fixture
+def reviews_settings(store: dict[str, Any], nats_server: NatsServer) -> ReviewsSettings:
+    own = {**store}
+    if "database_schema" in own:
+        own["database_schema"] = own["database_schema"] + "_reviews"
+    return ReviewsSettings(
+        jwt_secret=SECRET,
+        nats_url=nats_server.url,
+        relay_poll_interval_s=0.05,
+        consumer_poll_interval_s=0.2,
+        consumer_ack_wait_s=2,
+        **own,
+    )
+
+
+@pytest.fixture
+async def reviews(
+    checkins: RunningService, reviews_settings: ReviewsSettings
+) -> AsyncIterator[RunningService]:
+    """The review service, with goals and checkins beside it on the same NATS."""
+    async with serve(create_reviews(reviews_settings)) as running:
         yield running

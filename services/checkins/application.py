@@ -10,14 +10,13 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
-from services.checkins.catalogue import Catalogue, CycleEntry, KeyResultEntry
 from services.checkins.domain import (
     KeyResultProgress,
     KeyResultTerms,
     TeamCheckIn,
-    meeting_id_for,
     progress_id_for,
 )
+from shared.catalogue import Catalogue, CycleEntry, KeyResultEntry
 from shared.domain import InvalidValue, NotFound, NotYetKnown, RuleBroken, check
 from shared.store import ServiceApplication
 from shared.writer import UnitOfWork
@@ -168,6 +167,7 @@ def hold_meeting(
     learnings: list[str],
     blockers: list[str],
     priorities: list[str],
+    expected: int | None = None,
 ) -> TeamCheckIn:
     cycle = catalogue.cycle(cycle_id)
     if cycle is None:
@@ -187,25 +187,28 @@ def hold_meeting(
         RuleBroken,
         f"Team {team!r} has no objectives in cycle {cycle.name!r}",
     )
-    meeting_id = meeting_id_for(team, cycle_id, held_on)
-    existing = uow.find(meeting_id, TeamCheckIn)
+    # The meeting is checked before the state: bad input is a 422 whatever exists.
+    meeting = TeamCheckIn.hold(
+        team=team,
+        cycle_id=cycle_id,
+        held_on=held_on,
+        wins=wins,
+        learnings=learnings,
+        blockers=blockers,
+        priorities=priorities,
+    )
+    existing = uow.find(meeting.id, TeamCheckIn)
+    if existing is not None:
+        uow.expect_version(existing, expected)
+    else:
+        uow.expect_version_absent(expected)
     check(
         existing is None,
         RuleBroken,
-        f"Team {team!r} already recorded its check-in meeting of {held_on} ({meeting_id}): "
+        f"Team {team!r} already recorded its check-in meeting of {held_on} ({meeting.id}): "
         "amend that one",
     )
-    return uow.add(
-        TeamCheckIn.hold(
-            team=team,
-            cycle_id=cycle_id,
-            held_on=held_on,
-            wins=wins,
-            learnings=learnings,
-            blockers=blockers,
-            priorities=priorities,
-        )
-    )
+    return uow.add(meeting)
 
 
 def amend_meeting(

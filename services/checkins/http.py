@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from services.checkins import application as uc
 from services.checkins.application import CheckinsApplication
-from services.checkins.catalogue import Catalogue
 from services.checkins.domain import MAX_ITEM_LENGTH, MAX_LIST_ITEMS, KeyResultProgress
+from shared.catalogue import Catalogue
 from shared.domain import InvalidValue, NotFound
 from shared.http import (
     PROBLEM_RESPONSES,
@@ -22,6 +22,7 @@ from shared.http import (
     Context,
     IdempotencyDep,
     IfMatch,
+    MinPosition,
     command_response,
     etag,
 )
@@ -38,14 +39,6 @@ Items = Annotated[list[Item], Field(max_length=MAX_LIST_ITEMS)]
 Team = Annotated[
     str,
     Path(min_length=1, max_length=200, description="The team's name, as on its objectives"),
-]
-MinPosition = Annotated[
-    str | None,
-    Query(
-        pattern=r"^[a-z]{1,32}:[0-9]{1,18}$",
-        description="Wait (bounded) until this service has seen the events of another service "
-        "up to this position, e.g. the `goals:42` the goals service answered",
-    ),
 ]
 
 
@@ -219,7 +212,7 @@ async def list_check_ins(
     progress = await asyncio.to_thread(_app(request).progress, key_result_id)
     if progress is None:
         uc.known_key_result(catalogue_of(runtime_of(request)), key_result_id)
-        return JSONResponse({"items": [], "next_cursor": None})
+        return JSONResponse({"items": [], "next_cursor": None}, headers={"ETag": etag(0)})
     entries = list(progress.check_ins.values())  # oldest first; number n is at index n - 1
     end = len(entries) if before is None else min(before - 1, len(entries))
     start = max(0, end - limit)
@@ -326,6 +319,7 @@ async def hold_meeting(
     request: Request,
     context: Context,
     idem: IdempotencyDep,
+    expected: IfMatch,
     min_position: MinPosition = None,
 ) -> JSONResponse:
     team = team.strip()
@@ -347,6 +341,7 @@ async def hold_meeting(
             learnings=body.learnings,
             blockers=body.blockers,
             priorities=body.priorities,
+            expected=expected,
         ),
         context,
         idempotency=idem,

@@ -6,8 +6,8 @@ from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
 from services.checkins.application import CheckinsApplication
-from services.checkins.catalogue import Catalogue
 from services.checkins.http import routers
+from shared.catalogue import Catalogue
 from shared.consumer import Consumer, Inbox
 from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
@@ -32,16 +32,12 @@ def _wire(runtime: Runtime) -> None:
     """The catalogue of key results: a durable consumer of the goals events."""
     settings = runtime.settings
     catalogue = Catalogue()
-    consumer = Consumer(
-        settings.service,
+    consumer = Consumer.for_service(
+        settings,
         CATALOGUE_CONSUMER,
         runtime.link,
         Inbox(Database(runtime.app), CATALOGUE_CONSUMER, catalogue),
-        stream=settings.stream_name,
-        subjects=["okr.goals.>"],
-        batch_size=settings.consumer_batch_size,
-        ack_wait=settings.consumer_ack_wait_s,
-        poll_interval=settings.consumer_poll_interval_s,
+        ["okr.goals.>"],
     )
     catalogue.is_current = lambda: consumer.current
     runtime.consumers.append(consumer)

@@ -94,11 +94,14 @@ class Objective(OkrAggregate):
         owner: str,
         team: str,
         parent: Objective | None,
+        id: UUID | None = None,
     ) -> Objective:
         cycle.check_open_for_changes()
         if parent is not None:
             parent.check_usable_as_parent()
-        return cls(
+        return cls._create(  # type: ignore[no-any-return]
+            cls.Created,
+            id=id,
             cycle_id=cycle.id,
             title=_text(title, "title"),
             description=description.strip(),
@@ -124,6 +127,52 @@ class Objective(OkrAggregate):
         self.team = team
         self.parent_id = parent_id
         self.archived = False
+        self.carried_from: UUID | None = None
+        self.review_id: UUID | None = None
+        self.lessons: list[dict[str, str]] = []
+
+    @classmethod
+    def carry_over(
+        cls,
+        *,
+        origin: Objective,
+        cycle: Cycle,
+        parent: Objective | None,
+        review_id: UUID,
+        lessons: list[dict[str, str]],
+        id: UUID,
+    ) -> Objective:
+        """The objective `origin` continued in the next `cycle`, with the lessons of the review
+        that decided it."""
+        check(cycle.id != origin.cycle_id, RuleBroken, "An objective is carried into another cycle")
+        carried = cls.create(
+            cycle=cycle,
+            title=origin.title,
+            description=origin.description,
+            owner=origin.owner,
+            team=origin.team,
+            parent=parent if parent is not None and not parent.archived else None,
+            id=id,
+        )
+        carried._carried_over(
+            origin_objective_id=origin.id,
+            origin_cycle_id=origin.cycle_id,
+            review_id=review_id,
+            lessons=lessons,
+        )
+        return carried
+
+    @event("CarriedOver")
+    def _carried_over(
+        self,
+        origin_objective_id: UUID,
+        origin_cycle_id: UUID,
+        review_id: UUID,
+        lessons: list[dict[str, str]],
+    ) -> None:
+        self.carried_from = origin_objective_id
+        self.review_id = review_id
+        self.lessons = list(lessons)
 
     def check_not_archived(self) -> None:
         check(not self.archived, RuleBroken, f"Objective {self.id} is archived")
@@ -261,6 +310,7 @@ class KeyResult(OkrAggregate):
         target: float,
         weight: float,
         owner: str,
+        id: UUID | None = None,
     ) -> KeyResult:
         cycle.check_open_for_changes()
         check(
@@ -282,7 +332,9 @@ class KeyResult(OkrAggregate):
             check_value_for_kind(kind, start, "start")
             check_value_for_kind(kind, target, "target")
             check(target != start, InvalidValue, "target must differ from start", "target")
-        return cls(
+        return cls._create(  # type: ignore[no-any-return]
+            cls.Defined,  # type: ignore[attr-defined]
+            id=id,
             objective_id=objective.id,
             cycle_id=cycle.id,
             title=_text(title, "title"),
@@ -317,6 +369,31 @@ class KeyResult(OkrAggregate):
         self.weight = weight
         self.owner = owner
         self.removed = False
+        self.carried_from: UUID | None = None
+
+    @classmethod
+    def carry_over(
+        cls, *, origin: KeyResult, objective: Objective, cycle: Cycle, start: float, id: UUID
+    ) -> KeyResult:
+        """`origin` continued under the carried `objective`, starting where it got to."""
+        carried = cls.define(
+            objective=objective,
+            cycle=cycle,
+            title=origin.title,
+            kind=origin.kind,
+            unit=origin.unit,
+            start=0.0 if origin.kind == "boolean" else start,
+            target=origin.target,
+            weight=origin.weight,
+            owner=origin.owner,
+            id=id,
+        )
+        carried._carried_over(origin_key_result_id=origin.id, origin_start=origin.start)
+        return carried
+
+    @event("CarriedOver")
+    def _carried_over(self, origin_key_result_id: UUID, origin_start: float) -> None:
+        self.carried_from = origin_key_result_id
 
     def check_not_removed(self) -> None:
         check(not self.removed, RuleBroken, f"Key result {self.id} has been removed")

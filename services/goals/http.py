@@ -77,6 +77,13 @@ class ObjectivePublic(BaseModel):
     team: str
     parent_id: UUID | None
     archived: bool
+    carried_from: UUID | None = Field(
+        description="The objective of an earlier cycle this one continues (quarter shift)"
+    )
+    review_id: UUID | None = Field(description="The review that decided to carry it over")
+    lessons: list[dict[str, str]] = Field(
+        description="The reflections of that review: {kind, text}"
+    )
 
 
 class KeyResultCreate(Body):
@@ -118,6 +125,9 @@ class KeyResultPublic(BaseModel):
     weight: float
     owner: str
     removed: bool
+    carried_from: UUID | None = Field(
+        description="The key result of an earlier cycle this one continues"
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -7,8 +7,12 @@ from pydantic import AliasChoices, Field
 
 from services.goals.application import GoalsApplication
 from services.goals.http import routers
-from shared.service import create_service
+from services.goals.policies import CarryOver
+from shared.consumer import Consumer, ProcessInbox
+from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
+
+CARRY_OVER_CONSUMER = "carry-over"
 
 
 class GoalsSettings(ServiceSettings):
@@ -23,6 +27,17 @@ class GoalsSettings(ServiceSettings):
     )
 
 
+def _wire(runtime: Runtime) -> None:
+    """The quarter shift: a durable consumer of the reviews events."""
+    settings = runtime.settings
+    app = runtime.app
+    assert isinstance(app, GoalsApplication)
+    inbox = ProcessInbox(app, CARRY_OVER_CONSUMER, CarryOver(app), on_saved=runtime.relay.wake)
+    runtime.consumers.append(
+        Consumer.for_service(settings, CARRY_OVER_CONSUMER, runtime.link, inbox, ["okr.reviews.>"])
+    )
+
+
 def create_app(settings: GoalsSettings | None = None) -> FastAPI:
     return create_service(
         settings or GoalsSettings(),
@@ -30,5 +45,7 @@ def create_app(settings: GoalsSettings | None = None) -> FastAPI:
         routers,
         title="OKR goals service",
         description="Cycles, objectives and key results. Every change is an event on "
-        "`okr.goals.>`.",
+        "`okr.goals.>`. Finalised reviews (`okr.reviews.>`) carry objectives into the next "
+        "cycle.",
+        on_runtime=_wire,
     )

@@ -59,6 +59,21 @@ def event_id(originator_id: uuid.UUID | str, version: int) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator_id}:{version}"))
 
 
+# Ids of what the quarter shift creates: derived from what it continues, so that the review
+# service can name them in advance and the goals service creates each exactly once.
+CARRY_OVER_NAMESPACE = uuid.UUID("3f2c8e61-9a4b-5d7e-8c1f-2b6a9d0e4f17")
+
+
+def carried_objective_id(review_id: uuid.UUID | str, objective_id: uuid.UUID | str) -> uuid.UUID:
+    return uuid.uuid5(CARRY_OVER_NAMESPACE, f"objective:{review_id}:{objective_id}")
+
+
+def carried_key_result_id(
+    carried_objective: uuid.UUID | str, key_result_id: uuid.UUID | str
+) -> uuid.UUID:
+    return uuid.uuid5(CARRY_OVER_NAMESPACE, f"key-result:{carried_objective}:{key_result_id}")
+
+
 def public_data(event: Any) -> dict[str, Any]:
     """The event's own fields: everything but identity, time and the command context."""
     return {f.name: getattr(event, f.name) for f in fields(event) if f.name not in META_FIELDS}

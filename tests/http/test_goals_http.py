@@ -83,6 +83,9 @@ async def test_objective_create_revise_archive(goals):
         "team": "platform",
         "parent_id": parent_id,
         "archived": False,
+        "carried_from": None,
+        "review_id": None,
+        "lessons": [],
     }
 
     # Four fields at once: one event each, the position is the last one's.
@@ -170,6 +173,7 @@ async def test_key_result_define_revise_adjust_remove(goals):
         "weight": 2.0,
         "owner": "bob",
         "removed": False,
+        "carried_from": None,
     }
 
     r = await client.patch(

@@ -19,8 +19,8 @@ import orjson
 from nats.aio.msg import Msg
 
 from services.checkins.application import CheckinsApplication
-from services.checkins.catalogue import Catalogue
 from services.checkins.main import CheckinsSettings
+from shared.catalogue import Catalogue
 from shared.consumer import Consumer, Inbox
 from shared.nats import NatsLink
 from shared.sql import Database

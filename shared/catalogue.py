@@ -1,10 +1,12 @@
-"""The check-in service's catalogue of cycles, objectives and key results, built from the goals
-service's public events (never from its database or code).
+"""A catalogue of the goals service's cycles, objectives and key results, built from its public
+events (never from its database or code), for the services that need to know them: the
+check-in service (which key results take check-ins) and the review service (whose review
+covers what).
 
 It is a projector for the shared consumer: each goals event is applied once, in the same
-transaction as the consumer's inbox records, to tables in this service's own store; a copy is
-kept in memory so that a check-in is checked without a query. The event data is read as a
-tolerant reader would: the fields used are validated, anything else is ignored.
+transaction as the consumer's inbox records, to tables in the consuming service's own store; a
+copy is kept in memory so that commands are checked without a query. The event data is read as
+a tolerant reader would: the fields used are validated, anything else is ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class CycleScheduled(_Data):
 
 class ObjectiveCreated(_Data):
     cycle_id: UUID
+    title: str = Field(min_length=1, max_length=300)
+    owner: str = Field(min_length=1, max_length=200)
     team: str = Field(min_length=1, max_length=200)
 
 
@@ -41,13 +45,32 @@ class TeamChanged(_Data):
     team: str = Field(min_length=1, max_length=200)
 
 
+class ObjectiveRetitled(_Data):
+    title: str = Field(min_length=1, max_length=300)
+
+
+class OwnerChanged(_Data):
+    owner: str = Field(min_length=1, max_length=200)
+
+
 class KeyResultDefined(_Data):
     objective_id: UUID
     cycle_id: UUID
+    title: str = Field(min_length=1, max_length=300)
     kind: Literal["number", "percent", "currency", "boolean"]
     unit: str = Field(default="", max_length=50)
     start: float = Field(allow_inf_nan=False)
     target: float = Field(allow_inf_nan=False)
+    weight: float = Field(default=1.0, allow_inf_nan=False, gt=0)
+    owner: str = Field(min_length=1, max_length=200)
+
+
+class KeyResultRetitled(_Data):
+    title: str = Field(min_length=1, max_length=300)
+
+
+class Reweighted(_Data):
+    weight: float = Field(allow_inf_nan=False, gt=0)
 
 
 class TargetAdjusted(_Data):
@@ -71,6 +94,8 @@ class CycleEntry:
 class ObjectiveEntry:
     id: UUID
     cycle_id: UUID
+    title: str
+    owner: str
     team: str
     archived: bool
 
@@ -80,10 +105,13 @@ class KeyResultEntry:
     id: UUID
     objective_id: UUID
     cycle_id: UUID
+    title: str
     kind: str
     unit: str
     start: float
     target: float
+    weight: float
+    owner: str
     removed: bool
     removed_reason: str
 
@@ -91,21 +119,22 @@ class KeyResultEntry:
 Entry = CycleEntry | ObjectiveEntry | KeyResultEntry
 
 TABLES = [
-    "CREATE TABLE IF NOT EXISTS {t}catalogue_cycles (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS {t}goals_cycles (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
     " starts_on TEXT NOT NULL, ends_on TEXT NOT NULL, status TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS {t}catalogue_objectives (id TEXT PRIMARY KEY,"
-    " cycle_id TEXT NOT NULL, team TEXT NOT NULL, archived INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS {t}catalogue_key_results (id TEXT PRIMARY KEY,"
-    " objective_id TEXT NOT NULL, cycle_id TEXT NOT NULL, kind TEXT NOT NULL,"
-    " unit TEXT NOT NULL, start_value DOUBLE PRECISION NOT NULL,"
-    " target_value DOUBLE PRECISION NOT NULL, removed INTEGER NOT NULL,"
-    " removed_reason TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t}goals_objectives (id TEXT PRIMARY KEY,"
+    " cycle_id TEXT NOT NULL, title TEXT NOT NULL, owner TEXT NOT NULL, team TEXT NOT NULL,"
+    " archived INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {t}goals_key_results (id TEXT PRIMARY KEY,"
+    " objective_id TEXT NOT NULL, cycle_id TEXT NOT NULL, title TEXT NOT NULL,"
+    " kind TEXT NOT NULL, unit TEXT NOT NULL, start_value DOUBLE PRECISION NOT NULL,"
+    " target_value DOUBLE PRECISION NOT NULL, weight DOUBLE PRECISION NOT NULL,"
+    " owner TEXT NOT NULL, removed INTEGER NOT NULL, removed_reason TEXT NOT NULL)",
 ]
 
 
 class Catalogue:
-    """What the check-in service knows of the goals service's cycles, objectives and key
-    results. Read from any thread; written by the consumer's worker thread only."""
+    """What a service knows of the goals service's cycles, objectives and key results. Read
+    from any thread; written by the consumer's worker thread only."""
 
     def __init__(self) -> None:
         self.cycles: dict[UUID, CycleEntry] = {}
@@ -128,10 +157,23 @@ class Catalogue:
         return self.key_results.get(key_result_id)
 
     def team_in_cycle(self, team: str, cycle_id: UUID) -> bool:
-        return any(
-            o.team == team and o.cycle_id == cycle_id and not o.archived
+        return bool(self.team_objectives(team, cycle_id))
+
+    def team_objectives(self, team: str, cycle_id: UUID) -> list[ObjectiveEntry]:
+        """The team's objectives in the cycle that are not archived."""
+        return [
+            o
             for o in list(self.objectives.values())
-        )
+            if o.team == team and o.cycle_id == cycle_id and not o.archived
+        ]
+
+    def objective_key_results(self, objective_id: UUID) -> list[KeyResultEntry]:
+        """The objective's key results that are not removed."""
+        return [
+            k
+            for k in list(self.key_results.values())
+            if k.objective_id == objective_id and not k.removed
+        ]
 
     # --- the projector ------------------------------------------------------------------
 
@@ -139,9 +181,9 @@ class Catalogue:
         return TABLES
 
     def load(self, tx: Tx) -> None:
-        cycles = tx.execute("SELECT * FROM {t}catalogue_cycles").fetchall()
-        objectives = tx.execute("SELECT * FROM {t}catalogue_objectives").fetchall()
-        key_results = tx.execute("SELECT * FROM {t}catalogue_key_results").fetchall()
+        cycles = tx.execute("SELECT * FROM {t}goals_cycles").fetchall()
+        objectives = tx.execute("SELECT * FROM {t}goals_objectives").fetchall()
+        key_results = tx.execute("SELECT * FROM {t}goals_key_results").fetchall()
         with self._lock:
             self.cycles = {
                 UUID(r["id"]): CycleEntry(
@@ -155,7 +197,12 @@ class Catalogue:
             }
             self.objectives = {
                 UUID(r["id"]): ObjectiveEntry(
-                    UUID(r["id"]), UUID(r["cycle_id"]), r["team"], bool(r["archived"])
+                    UUID(r["id"]),
+                    UUID(r["cycle_id"]),
+                    r["title"],
+                    r["owner"],
+                    r["team"],
+                    bool(r["archived"]),
                 )
                 for r in objectives
             }
@@ -164,10 +211,13 @@ class Catalogue:
                     UUID(r["id"]),
                     UUID(r["objective_id"]),
                     UUID(r["cycle_id"]),
+                    r["title"],
                     r["kind"],
                     r["unit"],
                     float(r["start_value"]),
                     float(r["target_value"]),
+                    float(r["weight"]),
+                    r["owner"],
                     bool(r["removed"]),
                     r["removed_reason"],
                 )
@@ -229,11 +279,19 @@ class Catalogue:
 
     def _objective_created(self, e: Received) -> Entry:
         d = ObjectiveCreated.model_validate(e.data)
-        return ObjectiveEntry(e.aggregate_id, d.cycle_id, d.team, False)
+        return ObjectiveEntry(e.aggregate_id, d.cycle_id, d.title, d.owner, d.team, False)
 
     def _team_changed(self, e: Received) -> Entry:
         d = TeamChanged.model_validate(e.data)
         return replace(self._current(ObjectiveEntry, e.aggregate_id), team=d.team)
+
+    def _objective_retitled(self, e: Received) -> Entry:
+        d = ObjectiveRetitled.model_validate(e.data)
+        return replace(self._current(ObjectiveEntry, e.aggregate_id), title=d.title)
+
+    def _objective_owner_changed(self, e: Received) -> Entry:
+        d = OwnerChanged.model_validate(e.data)
+        return replace(self._current(ObjectiveEntry, e.aggregate_id), owner=d.owner)
 
     def _objective_archived(self, e: Received) -> Entry:
         return replace(self._current(ObjectiveEntry, e.aggregate_id), archived=True)
@@ -241,8 +299,31 @@ class Catalogue:
     def _key_result_defined(self, e: Received) -> Entry:
         d = KeyResultDefined.model_validate(e.data)
         return KeyResultEntry(
-            e.aggregate_id, d.objective_id, d.cycle_id, d.kind, d.unit, d.start, d.target, False, ""
+            e.aggregate_id,
+            d.objective_id,
+            d.cycle_id,
+            d.title,
+            d.kind,
+            d.unit,
+            d.start,
+            d.target,
+            d.weight,
+            d.owner,
+            False,
+            "",
         )
+
+    def _key_result_retitled(self, e: Received) -> Entry:
+        d = KeyResultRetitled.model_validate(e.data)
+        return replace(self._current(KeyResultEntry, e.aggregate_id), title=d.title)
+
+    def _key_result_owner_changed(self, e: Received) -> Entry:
+        d = OwnerChanged.model_validate(e.data)
+        return replace(self._current(KeyResultEntry, e.aggregate_id), owner=d.owner)
+
+    def _reweighted(self, e: Received) -> Entry:
+        d = Reweighted.model_validate(e.data)
+        return replace(self._current(KeyResultEntry, e.aggregate_id), weight=d.weight)
 
     def _target_adjusted(self, e: Received) -> Entry:
         d = TargetAdjusted.model_validate(e.data)
@@ -260,7 +341,7 @@ class Catalogue:
     def _write(tx: Tx, entry: Entry) -> None:
         if isinstance(entry, CycleEntry):
             tx.execute(
-                "INSERT INTO {t}catalogue_cycles VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                "INSERT INTO {t}goals_cycles VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                 " SET name = excluded.name, starts_on = excluded.starts_on,"
                 " ends_on = excluded.ends_on, status = excluded.status",
                 (
@@ -273,26 +354,38 @@ class Catalogue:
             )
         elif isinstance(entry, ObjectiveEntry):
             tx.execute(
-                "INSERT INTO {t}catalogue_objectives VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET cycle_id = excluded.cycle_id, team = excluded.team,"
-                " archived = excluded.archived",
-                (str(entry.id), str(entry.cycle_id), entry.team, int(entry.archived)),
+                "INSERT INTO {t}goals_objectives VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET cycle_id = excluded.cycle_id, title = excluded.title,"
+                " owner = excluded.owner, team = excluded.team, archived = excluded.archived",
+                (
+                    str(entry.id),
+                    str(entry.cycle_id),
+                    entry.title,
+                    entry.owner,
+                    entry.team,
+                    int(entry.archived),
+                ),
             )
         else:
             tx.execute(
-                "INSERT INTO {t}catalogue_key_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO {t}goals_key_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET objective_id = excluded.objective_id,"
-                " cycle_id = excluded.cycle_id, kind = excluded.kind, unit = excluded.unit,"
-                " start_value = excluded.start_value, target_value = excluded.target_value,"
-                " removed = excluded.removed, removed_reason = excluded.removed_reason",
+                " cycle_id = excluded.cycle_id, title = excluded.title, kind = excluded.kind,"
+                " unit = excluded.unit, start_value = excluded.start_value,"
+                " target_value = excluded.target_value, weight = excluded.weight,"
+                " owner = excluded.owner, removed = excluded.removed,"
+                " removed_reason = excluded.removed_reason",
                 (
                     str(entry.id),
                     str(entry.objective_id),
                     str(entry.cycle_id),
+                    entry.title,
                     entry.kind,
                     entry.unit,
                     entry.start,
                     entry.target,
+                    entry.weight,
+                    entry.owner,
                     int(entry.removed),
                     entry.removed_reason,
                 ),
@@ -305,8 +398,13 @@ _HANDLERS: dict[str, Callable[[Catalogue, Received], Entry | None]] = {
     "okr.goals.cycle.closed": Catalogue._cycle_closed,
     "okr.goals.objective.created": Catalogue._objective_created,
     "okr.goals.objective.team_changed": Catalogue._team_changed,
+    "okr.goals.objective.retitled": Catalogue._objective_retitled,
+    "okr.goals.objective.owner_changed": Catalogue._objective_owner_changed,
     "okr.goals.objective.archived": Catalogue._objective_archived,
     "okr.goals.key_result.defined": Catalogue._key_result_defined,
     "okr.goals.key_result.target_adjusted": Catalogue._target_adjusted,
+    "okr.goals.key_result.retitled": Catalogue._key_result_retitled,
+    "okr.goals.key_result.owner_changed": Catalogue._key_result_owner_changed,
+    "okr.goals.key_result.reweighted": Catalogue._reweighted,
     "okr.goals.key_result.removed": Catalogue._key_result_removed,
 }

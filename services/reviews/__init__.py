@@ -1,0 +1,1 @@
+"""The review service: scores, reflections and carry-over decisions at the end of a cycle."""
