@@ -92,6 +92,13 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    # FastAPI reads the body before any dependency runs: authenticate first, so a caller
+    # without a valid token learns nothing about what the endpoint would accept.
+    if request.url.path.startswith("/v1/"):
+        try:
+            verify_token(_secret(request), bearer_token(request.headers.get("authorization")))
+        except AuthError as e:
+            return await _auth_error(request, e)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem(400, "Malformed JSON", "The request body is not valid JSON")

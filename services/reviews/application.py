@@ -47,6 +47,7 @@ def open_review(
     *,
     cycle_id: UUID,
     team: str,
+    expected: int | None = None,
 ) -> CycleReview:
     cycle = _cycle(catalogue, cycle_id)
     check(
@@ -55,6 +56,10 @@ def open_review(
         f"Cycle {cycle.name!r} has not started: there is nothing to review yet",
     )
     existing = uow.find(review_id_for(cycle_id, team), CycleReview)
+    if existing is not None:
+        uow.expect_version(existing, expected)
+    else:
+        uow.expect_version_absent(expected)
     check(
         existing is None,
         RuleBroken,

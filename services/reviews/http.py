@@ -32,7 +32,7 @@ from shared.service import Runtime, runtime_of
 
 # --- request and response bodies ----------------------------------------------------------
 
-Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Score = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
 Comment = Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)]
 ReflectionText = Annotated[
     str, StringConstraints(min_length=1, max_length=5000, strip_whitespace=True)
@@ -184,6 +184,7 @@ async def open_review(
     request: Request,
     context: Context,
     idem: IdempotencyDep,
+    expected: IfMatch,
     min_position: MinPosition = None,
 ) -> JSONResponse:
     runtime = runtime_of(request)
@@ -191,7 +192,7 @@ async def open_review(
     catalogue, progress = _parts(runtime)
     result = await runtime.writer.execute(
         lambda uow: uc.open_review(
-            uow, catalogue, progress, cycle_id=body.cycle_id, team=body.team
+            uow, catalogue, progress, cycle_id=body.cycle_id, team=body.team, expected=expected
         ),
         context,
         idempotency=idem,
