@@ -37,7 +37,7 @@ COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps . \
     && python -m compileall -q /opt/okr/lib \
-    && cd / && python -c "import services.goals.main, services.checkins.main, services.reviews.main, shared.cli"
+    && cd / && python -c "import services.goals.main, services.checkins.main, services.reviews.main, services.projections.main, shared.cli"
 
 # --- runtime: the virtual environment, a non-root user, nothing else -----------------------
 FROM ${PYTHON_IMAGE} AS runtime

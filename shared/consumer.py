@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 from uuid import UUID
@@ -59,6 +59,7 @@ from shared.telemetry import (
     CONSUMER_DUPLICATES,
     CONSUMER_FAILURES,
     CONSUMER_LAG,
+    CONSUMER_LAG_SECONDS,
     CONSUMER_POSITION,
     CONSUMER_REDELIVERED,
     CONSUMER_REJECTED,
@@ -482,6 +483,7 @@ class Consumer:
         self.pending = 0
         self.caught_up = False
         self.last_error: str | None = None
+        self.last_event_time: dict[str, datetime] = {}
         self.last_progress = time.monotonic()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -627,6 +629,8 @@ class Consumer:
         self.pending = 0
         self.last_error = None
         CONSUMER_LAG.labels(self.service, self.name).set(0)
+        for source in self.last_event_time:
+            CONSUMER_LAG_SECONDS.labels(self.service, self.name, source).set(0)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         if not msgs:  # a pull that ended with a status, not messages
@@ -660,6 +664,10 @@ class Consumer:
             CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
                 outcomes.count(Outcome.DUPLICATE)
             )
+        for event in events:
+            self.last_event_time[event.source] = max(
+                self.last_event_time.get(event.source, event.time), event.time
+            )
         self.pending = msgs[-1].metadata.num_pending or 0
         self.caught_up = self.pending == 0
         self.last_error = None
@@ -667,6 +675,11 @@ class Consumer:
         CONSUMER_LAG.labels(self.service, self.name).set(self.pending)
         for source, position in self.positions.items():
             CONSUMER_POSITION.labels(self.service, self.name, source).set(position)
+        now = datetime.now(UTC)
+        for source, at in self.last_event_time.items():
+            # How old the newest event seen is, while more are waiting: lag in time.
+            behind = (now - at).total_seconds() if self.pending else 0.0
+            CONSUMER_LAG_SECONDS.labels(self.service, self.name, source).set(max(0.0, behind))
         CONSUMER_BATCH_SECONDS.labels(self.service, self.name).observe(
             time.perf_counter() - started
         )

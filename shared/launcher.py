@@ -29,7 +29,7 @@ from shared.nats import ensure_stream
 from shared.settings import DEFAULT_PORTS, Settings
 
 # The services the launcher starts, in order. Each is `python -m services.<name>`.
-SERVICES = ["goals", "checkins", "reviews"]
+SERVICES = ["goals", "checkins", "reviews", "projections"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 

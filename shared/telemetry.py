@@ -84,6 +84,11 @@ CONSUMER_LAG = Gauge(
     "Messages in the stream not yet delivered to the consumer",
     ["service", "consumer"],
 )
+CONSUMER_LAG_SECONDS = Gauge(
+    "okr_consumer_lag_seconds",
+    "While messages wait: how old the newest applied event of a source is (0 when caught up)",
+    ["service", "consumer", "source"],
+)
 CONSUMER_POSITION = Gauge(
     "okr_consumer_position",
     "Highest sequence applied, per source",

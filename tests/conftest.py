@@ -15,6 +15,8 @@ import pytest
 from services.checkins.main import CheckinsSettings
 from services.checkins.main import create_app as create_checkins
 from services.goals.main import GoalsSettings, create_app
+from services.projections.main import ProjectionsSettings
+from services.projections.main import create_app as create_projections
 from services.reviews.main import ReviewsSettings
 from services.reviews.main import create_app as create_reviews
 from tests.support import SECRET, NatsServer, Postgres, RunningService, declare_stream, serve
@@ -128,4 +130,27 @@ async def reviews(
 ) -> AsyncIterator[RunningService]:
     """The review service, with goals and checkins beside it on the same NATS."""
     async with serve(create_reviews(reviews_settings)) as running:
+        yield running
+
+
+@pytest.fixture
+def projections_settings(store: dict[str, Any], nats_server: NatsServer) -> ProjectionsSettings:
+    own = {**store}
+    if "database_schema" in own:
+        own["database_schema"] = own["database_schema"] + "_projections"
+    return ProjectionsSettings(
+        jwt_secret=SECRET,
+        nats_url=nats_server.url,
+        consumer_poll_interval_s=0.2,
+        consumer_ack_wait_s=2,
+        **own,
+    )
+
+
+@pytest.fixture
+async def projections(
+    checkins: RunningService, projections_settings: ProjectionsSettings
+) -> AsyncIterator[RunningService]:
+    """The projections service, with goals and checkins beside it on the same NATS."""
+    async with serve(create_projections(projections_settings)) as running:
         yield running

@@ -8,10 +8,11 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
-from services.reviews.domain import CycleReview, progress_of, review_id_for, suggested_score
+from services.reviews.domain import CycleReview, review_id_for
 from services.reviews.progress import ProgressView
 from shared.catalogue import Catalogue, CycleEntry
 from shared.domain import NotFound, NotYetKnown, RuleBroken, check
+from shared.okr import progress_of, suggested_score
 from shared.store import ServiceApplication
 from shared.writer import UnitOfWork
 

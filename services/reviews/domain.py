@@ -27,21 +27,6 @@ def review_id_for(cycle_id: UUID, team: str) -> UUID:
     return uuid5(REVIEW_NAMESPACE, f"{cycle_id}|{team}")
 
 
-def progress_of(kind: str, start: float, target: float, current: float) -> float:
-    """(current - start) / (target - start), clamped to 0..1; works for decreasing targets.
-    A boolean key result is done (1) or not (0)."""
-    if kind == "boolean":
-        return 1.0 if current >= 1 else 0.0
-    if target == start:
-        return 1.0 if current == target else 0.0
-    return min(1.0, max(0.0, (current - start) / (target - start)))
-
-
-def suggested_score(progress: float) -> float:
-    """The suggestion a reviewer starts from: progress rounded to one decimal."""
-    return round(progress + 1e-9, 1)
-
-
 def _text(value: str, field: str, limit: int) -> str:
     value = value.strip()
     check(bool(value), InvalidValue, f"{field} must not be blank", field)

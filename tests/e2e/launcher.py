@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("goals", "checkins", "reviews")
+SERVICES = ("goals", "checkins", "reviews", "projections")
 
 
 @dataclass

@@ -173,6 +173,40 @@ def test_a_whole_quarter(tmp_path: Path) -> None:
         carried_guide = ok(goals.get(f"/v1/key-results/{key_results[guide['id']]}"))
         assert (carried_guide["start"], carried_guide["target"]) == (0.0, 1.0)
 
+        # The projections tell the story: the adjustment with its reason, the tree as it was.
+        projections = httpx.Client(base_url=system.url("projections"), headers=headers, timeout=30)
+        trail = ok(
+            projections.get(
+                "/v1/audit",
+                params={
+                    "entity": activation["id"],
+                    "event_type": "okr.goals.key_result.target_adjusted",
+                    "min_position": adjusted["position"],
+                },
+            )
+        )
+        [entry] = trail["items"]
+        assert entry["changes"] == {"target": {"from": 100.0, "to": 80.0}}
+        assert entry["reason"] == "sales cycle longer than planned"
+        before_adjustment = entry["at"]
+        tree = ok(projections.get(f"/v1/cycles/{q1}/okrs", params={"as_of": before_adjustment}))
+        [node] = tree["objectives"]
+        was = {k["id"]: k for k in node["key_results"]}[activation["id"]]
+        assert was["target"] == 80.0  # the moment of the adjustment itself
+        earlier = ok(
+            projections.get(
+                "/v1/audit",
+                params={
+                    "entity": activation["id"],
+                    "event_type": "okr.checkins.key_result_progress.checked_in",
+                    "limit": 500,
+                },
+            )
+        )["items"][-1]["at"]  # the first check-in
+        tree = ok(projections.get(f"/v1/cycles/{q1}/okrs", params={"as_of": earlier}))
+        was = {k["id"]: k for k in tree["objectives"][0]["key_results"]}[activation["id"]]
+        assert (was["target"], was["current"]) == (100.0, 10.0)
+
         # Late check-ins on the closed quarter are refused.
         closed = ok(goals.post(f"/v1/cycles/{q1}/close", json={"reason": "quarter over"}))
         r = checkins.post(

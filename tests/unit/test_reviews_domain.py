@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.reviews.domain import CycleReview, progress_of, review_id_for, suggested_score
+from services.reviews.domain import CycleReview, review_id_for
 from shared.domain import CommandContext, InvalidValue, NotFound, RuleBroken, command_context
+from shared.okr import progress_of, suggested_score
 
 CONTEXT = CommandContext(actor="lead", correlation_id="c", causation_id="r")
 CYCLE = uuid.UUID(int=7)

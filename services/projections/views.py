@@ -1,0 +1,470 @@
+"""The projections: every service's events folded into entity states, their history, and an
+audit trail — in one transaction per batch with the consumer's inbox records.
+
+Each event changes the state of one entity of the view (a cycle, objective, key result, a key
+result's progress, a check-in, a meeting, a review). The view keeps:
+
+- `view_entities`: each entity's current state (JSON), by kind and id, with its cycle;
+- `view_history`: every state each entity has had, from the time of the event that made it
+  (`valid_from`): the past as it was, for `as_of`;
+- `view_audit`: one entry per event — when, who, which service and entity, the event type, the
+  changes (field → from/to), the reason, correlation and causation ids.
+
+Entities are split by source so that each one changes in one service's order: a key result's
+definition comes from the goals events, its progress from the checkins events. A read joins
+them. `pos` numbers the applied events in order: history rows and audit entries share it, and
+audit pages are cut by it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.consumer import InvalidMessage, Received
+from shared.sql import Tx
+
+TABLES = [
+    "CREATE TABLE IF NOT EXISTS {t}view_entities (kind TEXT NOT NULL, id TEXT NOT NULL,"
+    " cycle_id TEXT, parent_id TEXT, state TEXT NOT NULL, pos BIGINT NOT NULL,"
+    " PRIMARY KEY (kind, id))",
+    "CREATE INDEX IF NOT EXISTS view_entities_cycle ON {t}view_entities (cycle_id, kind)",
+    "CREATE INDEX IF NOT EXISTS view_entities_parent ON {t}view_entities (parent_id, kind)",
+    "CREATE TABLE IF NOT EXISTS {t}view_history (kind TEXT NOT NULL, id TEXT NOT NULL,"
+    " cycle_id TEXT, valid_from TEXT NOT NULL, pos BIGINT NOT NULL, state TEXT NOT NULL,"
+    " PRIMARY KEY (kind, id, pos))",
+    "CREATE INDEX IF NOT EXISTS view_history_cycle ON {t}view_history (cycle_id, valid_from)",
+    "CREATE TABLE IF NOT EXISTS {t}view_audit (pos BIGINT PRIMARY KEY, at TEXT NOT NULL,"
+    " actor TEXT NOT NULL, service TEXT NOT NULL, entity_type TEXT NOT NULL,"
+    " entity_id TEXT NOT NULL, related_id TEXT, event_type TEXT NOT NULL,"
+    " changes TEXT NOT NULL, reason TEXT, correlation_id TEXT NOT NULL,"
+    " causation_id TEXT NOT NULL, source TEXT NOT NULL, sequence BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS view_audit_entity ON {t}view_audit (entity_id, pos)",
+    "CREATE INDEX IF NOT EXISTS view_audit_related ON {t}view_audit (related_id, pos)",
+    "CREATE INDEX IF NOT EXISTS view_audit_at ON {t}view_audit (at)",
+]
+
+State = dict[str, Any]
+
+
+def utc(at: datetime) -> str:
+    """One fixed, sortable text form for every time in the view."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# Fields an event carries that are about the change, not the entity's state.
+NOT_STATE = frozenset({"reason"})
+
+
+def generic_changes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`x` with `previous_x` in the data is a change of `x` from the one to the other (unless
+    they are equal: a correction of the confidence alone keeps its value)."""
+    changes = {}
+    for key, value in data.items():
+        previous_key = f"previous_{key}"
+        if previous_key in data and value != data[previous_key]:
+            changes[key] = {"from": data[previous_key], "to": value}
+    return changes
+
+
+def created_changes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A creation: every field it sets, from nothing."""
+    return {
+        k: {"from": None, "to": v}
+        for k, v in data.items()
+        if k not in NOT_STATE and v is not None and v != [] and v != ""
+    }
+
+
+class Effect:
+    """What one event does to the view: the entity's new state and the audit entry."""
+
+    def __init__(
+        self,
+        kind: str,
+        entity_id: str,
+        state: State,
+        changes: dict[str, dict[str, Any]],
+        *,
+        cycle_id: str | None = None,
+        parent_id: str | None = None,
+        related_id: str | None = None,
+        extra: Sequence[tuple[str, str, State, str | None, str | None]] = (),
+    ) -> None:
+        self.kind = kind
+        self.entity_id = entity_id
+        self.state = state
+        self.changes = changes
+        self.cycle_id = cycle_id
+        self.parent_id = parent_id
+        self.related_id = related_id
+        # Further entities the same event changes: (kind, id, state, cycle, parent).
+        self.extra = list(extra)
+
+
+Handler = Callable[["Views", Tx, Received], Effect]
+
+
+class Views:
+    """The projector (see the module docstring). Runs on the consumer's worker thread."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self._committed_pos = 0
+        self._lock = threading.Lock()
+
+    # --- the projector protocol ---------------------------------------------------------
+
+    def tables(self) -> Sequence[str]:
+        return TABLES
+
+    def load(self, tx: Tx) -> None:
+        row = tx.execute("SELECT MAX(pos) AS pos FROM {t}view_audit").fetchone()
+        self.pos = self._committed_pos = int(row["pos"] or 0)
+
+    def committed(self) -> None:
+        self._committed_pos = self.pos
+
+    def rolled_back(self) -> None:
+        self.pos = self._committed_pos
+
+    def apply(self, tx: Tx, event: Received) -> None:
+        handler = HANDLERS.get(event.name)
+        if handler is None:
+            effect = self._unknown(tx, event)
+        else:
+            try:
+                effect = handler(self, tx, event)
+            except (KeyError, TypeError, ValueError) as e:
+                raise InvalidMessage(f"{event.type}: {type(e).__name__}: {e}") from e
+        self.pos += 1
+        at = utc(event.time)
+        self._write(
+            tx, effect.kind, effect.entity_id, effect.state, effect.cycle_id, effect.parent_id, at
+        )
+        for kind, entity_id, state, cycle_id, parent_id in effect.extra:
+            self._write(tx, kind, entity_id, state, cycle_id, parent_id, at)
+        tx.execute(
+            "INSERT INTO {t}view_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.pos,
+                at,
+                event.actor,
+                event.service,
+                event.name.split(".")[2],
+                str(event.aggregate_id),
+                effect.related_id,
+                event.name,
+                _dump(effect.changes),
+                event.data.get("reason"),
+                event.correlation_id,
+                event.causation_id,
+                event.source,
+                event.sequence,
+            ),
+        )
+
+    # --- reading and writing states -----------------------------------------------------
+
+    def current(self, tx: Tx, kind: str, entity_id: str) -> State | None:
+        row = tx.execute(
+            "SELECT state FROM {t}view_entities WHERE kind = ? AND id = ?", (kind, entity_id)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row["state"]))
+
+    def _write(
+        self,
+        tx: Tx,
+        kind: str,
+        entity_id: str,
+        state: State,
+        cycle_id: str | None,
+        parent_id: str | None,
+        at: str,
+    ) -> None:
+        text = _dump(state)
+        tx.execute(
+            "INSERT INTO {t}view_entities VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id)"
+            " DO UPDATE SET cycle_id = excluded.cycle_id, parent_id = excluded.parent_id,"
+            " state = excluded.state, pos = excluded.pos",
+            (kind, entity_id, cycle_id, parent_id, text, self.pos),
+        )
+        tx.execute(
+            "INSERT INTO {t}view_history VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, entity_id, cycle_id, at, self.pos, text),
+        )
+
+    def _unknown(self, tx: Tx, event: Received) -> Effect:
+        """An event type this view does not know yet: audited, no state."""
+        return Effect("event", event.id, {}, generic_changes(event.data))
+
+    # --- goals ----------------------------------------------------------------------------
+
+    def goals_entity(self, tx: Tx, kind: str, event: Received) -> Effect:
+        entity_id = str(event.aggregate_id)
+        data = event.data
+        before = self.current(tx, kind, entity_id)
+        created = before is None
+        state: State = dict(before or {"id": entity_id})
+        name = event.name.rsplit(".", 1)[1]
+        if created:
+            state.update({k: v for k, v in data.items() if k not in NOT_STATE})
+            changes = created_changes(data)
+            if kind == "cycle":
+                state["status"] = "scheduled"
+            if kind == "objective":
+                state.setdefault("archived", False)
+            if kind == "key_result":
+                state.setdefault("removed", False)
+        else:
+            changes = generic_changes(data)
+            for field, change in changes.items():
+                state[field] = change["to"]
+            flag = {
+                "started": ("status", "active"),
+                "closed": ("status", "closed"),
+                "archived": ("archived", True),
+                "removed": ("removed", True),
+            }.get(name)
+            if flag is not None:
+                field, value = flag
+                changes[field] = {"from": state.get(field), "to": value}
+                state[field] = value
+            if name == "carried_over":
+                changes.update(created_changes(data))
+                state["carried_from"] = data.get("origin_objective_id") or data.get(
+                    "origin_key_result_id"
+                )
+                if "review_id" in data:
+                    state["review_id"] = data["review_id"]
+                    state["lessons"] = data.get("lessons", [])
+        cycle_id = entity_id if kind == "cycle" else state.get("cycle_id")
+        parent_id = state.get("objective_id") if kind == "key_result" else state.get("parent_id")
+        return Effect(kind, entity_id, state, changes, cycle_id=cycle_id, parent_id=parent_id)
+
+    # --- checkins -------------------------------------------------------------------------
+
+    def progress_opened(self, tx: Tx, event: Received) -> Effect:
+        d = event.data
+        key_result_id = str(d["key_result_id"])
+        cycle_id = str(d["cycle_id"])
+        state: State = {
+            "key_result_id": key_result_id,
+            "cycle_id": cycle_id,
+            "current": None,
+            "confidence": None,
+            "last_check_in_at": None,
+            "check_in_count": 0,
+            "latest_check_in_id": None,
+        }
+        created = created_changes(d)
+        return Effect(
+            "progress",
+            key_result_id,
+            state,
+            created,
+            cycle_id=cycle_id,
+            parent_id=key_result_id,
+            related_id=key_result_id,
+        )
+
+    def checked_in(self, tx: Tx, event: Received) -> Effect:
+        d = event.data
+        key_result_id = str(d["key_result_id"])
+        progress = self.current(tx, "progress", key_result_id)
+        if progress is None:
+            raise ValueError(f"no progress opened for key result {key_result_id}")
+        value, confidence = float(d["value"]), int(d["confidence"])
+        changes = {
+            "value": {"from": progress["current"], "to": value},
+            "confidence": {"from": progress["confidence"], "to": confidence},
+        }
+        check_in_id = str(d["check_in_id"])
+        at = utc(event.time)
+        progress.update(
+            current=value,
+            confidence=confidence,
+            last_check_in_at=at,
+            check_in_count=int(progress["check_in_count"]) + 1,
+            latest_check_in_id=check_in_id,
+        )
+        check_in = {
+            "id": check_in_id,
+            "key_result_id": key_result_id,
+            "number": int(d["number"]),
+            "value": value,
+            "confidence": confidence,
+            "note": d.get("note", ""),
+            "blockers": list(d.get("blockers", [])),
+            "at": at,
+            "actor": event.actor,
+            "corrections": [],
+        }
+        cycle_id = progress["cycle_id"]
+        return Effect(
+            "progress",
+            key_result_id,
+            progress,
+            changes,
+            cycle_id=cycle_id,
+            parent_id=key_result_id,
+            related_id=key_result_id,
+            extra=[("check_in", check_in_id, check_in, cycle_id, key_result_id)],
+        )
+
+    def check_in_corrected(self, tx: Tx, event: Received) -> Effect:
+        d = event.data
+        key_result_id, check_in_id = str(d["key_result_id"]), str(d["check_in_id"])
+        progress = self.current(tx, "progress", key_result_id)
+        check_in = self.current(tx, "check_in", check_in_id)
+        if progress is None or check_in is None:
+            raise ValueError(f"no check-in {check_in_id} to correct")
+        changes = generic_changes(d)
+        check_in.update(value=float(d["value"]), confidence=int(d["confidence"]))
+        check_in["corrections"] = [
+            *check_in["corrections"],
+            {
+                "value": float(d["value"]),
+                "confidence": int(d["confidence"]),
+                "reason": d.get("reason"),
+                "at": utc(event.time),
+                "actor": event.actor,
+            },
+        ]
+        cycle_id = progress["cycle_id"]
+        extra: list[tuple[str, str, State, str | None, str | None]] = [
+            ("check_in", check_in_id, check_in, cycle_id, key_result_id)
+        ]
+        if progress["latest_check_in_id"] == check_in_id:
+            progress.update(current=check_in["value"], confidence=check_in["confidence"])
+        return Effect(
+            "progress",
+            key_result_id,
+            progress,
+            changes,
+            cycle_id=cycle_id,
+            parent_id=key_result_id,
+            related_id=key_result_id,
+            extra=extra,
+        )
+
+    def meeting(self, tx: Tx, event: Received) -> Effect:
+        entity_id = str(event.aggregate_id)
+        before = self.current(tx, "meeting", entity_id)
+        data = event.data
+        if before is None:
+            state = {"id": entity_id, **{k: v for k, v in data.items() if k not in NOT_STATE}}
+            changes = created_changes(data)
+        else:
+            state = before
+            changes = generic_changes(data)
+            for field, change in changes.items():
+                state[field] = change["to"]
+        return Effect(
+            "meeting",
+            entity_id,
+            state,
+            changes,
+            cycle_id=state["cycle_id"],
+            parent_id=state["team"],
+        )
+
+    # --- reviews --------------------------------------------------------------------------
+
+    def review(self, tx: Tx, event: Received) -> Effect:
+        entity_id = str(event.aggregate_id)
+        data = event.data
+        name = event.name.rsplit(".", 1)[1]
+        before = self.current(tx, "review", entity_id)
+        if before is None:
+            state: State = {
+                "id": entity_id,
+                "cycle_id": str(data["cycle_id"]),
+                "team": data["team"],
+                "status": "open",
+                "objectives": {o["objective_id"]: dict(o) for o in data["objectives"]},
+                "key_results": {k["key_result_id"]: dict(k) for k in data["key_results"]},
+                "reflections": [],
+            }
+            changes = {"status": {"from": None, "to": "open"}}
+        else:
+            state = before
+            changes = generic_changes(data)
+            if name == "scored":
+                kr = state["key_results"][data["key_result_id"]]
+                kr.update(score=data["score"], comment=data.get("comment"))
+            elif name == "reflected":
+                state["reflections"].append(
+                    {
+                        "kind": data["kind"],
+                        "text": data["text"],
+                        "actor": event.actor,
+                        "at": utc(event.time),
+                    }
+                )
+                reflection: Any = {"kind": data["kind"], "text": data["text"]}
+                changes = {"reflection": {"from": None, "to": reflection}}
+            elif name == "carry_over_decided":
+                o = state["objectives"][data["objective_id"]]
+                o.update(decision=data["decision"], next_cycle_id=data.get("next_cycle_id"))
+            elif name == "finalised":
+                changes = {"status": {"from": "open", "to": "final"}}
+                state["status"] = "final"
+                for s in data.get("scores", []):
+                    state["key_results"][s["key_result_id"]]["final_score"] = s["score"]
+        return Effect(
+            "review", entity_id, state, changes, cycle_id=state["cycle_id"], parent_id=state["team"]
+        )
+
+
+def _goals(kind: str) -> Handler:
+    def handle(views: Views, tx: Tx, event: Received) -> Effect:
+        return views.goals_entity(tx, kind, event)
+
+    return handle
+
+
+HANDLERS: dict[str, Handler] = {
+    **{f"okr.goals.cycle.{e}": _goals("cycle") for e in ("scheduled", "started", "closed")},
+    **{
+        f"okr.goals.objective.{e}": _goals("objective")
+        for e in (
+            "created",
+            "retitled",
+            "described",
+            "owner_changed",
+            "team_changed",
+            "realigned",
+            "archived",
+            "carried_over",
+        )
+    },
+    **{
+        f"okr.goals.key_result.{e}": _goals("key_result")
+        for e in (
+            "defined",
+            "target_adjusted",
+            "retitled",
+            "owner_changed",
+            "reweighted",
+            "removed",
+            "carried_over",
+        )
+    },
+    "okr.checkins.key_result_progress.opened": Views.progress_opened,
+    "okr.checkins.key_result_progress.checked_in": Views.checked_in,
+    "okr.checkins.key_result_progress.check_in_corrected": Views.check_in_corrected,
+    "okr.checkins.team_check_in.held": Views.meeting,
+    "okr.checkins.team_check_in.amended": Views.meeting,
+    **{
+        f"okr.reviews.cycle_review.{e}": Views.review
+        for e in ("opened", "scored", "reflected", "carry_over_decided", "finalised")
+    },
+}

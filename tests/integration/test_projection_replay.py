@@ -1,0 +1,138 @@
+"""The views are a function of the events: the same stream applied in order, or shuffled with
+duplicates and redeliveries in batches of any size, gives identical views. Real services
+produce the events; real stores (SQLite and PostgreSQL) hold the views."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from services.projections.main import ProjectionsApplication, ProjectionsSettings
+from services.projections.views import Views
+from shared.consumer import Inbox, Outcome, Received, parse
+from shared.sql import Database
+from shared.store import store_env
+from tests.http.checkins_helpers import check_in, plan
+from tests.http.helpers import add_key_result, create_cycle
+from tests.http.reviews_helpers import synced
+from tests.support import RunningService, read_stream
+
+
+async def scenario(
+    goals: RunningService, checkins: RunningService, reviews: RunningService
+) -> None:
+    """A little of everything: plan, adjust, check in, correct, review, carry over."""
+    p = await plan(goals, checkins, start=0, target=50)
+    second = await add_key_result(goals.client, p.objective_id, title="Second", start=5, target=1)
+    r = await goals.client.post(
+        f"/v1/key-results/{p.key_result_id}/target", json={"target": 80, "reason": "stretch"}
+    )
+    assert r.status_code == 200
+    await synced(reviews, goals, checkins)
+    first = await check_in(checkins.client, p.key_result_id, value=10)
+    await check_in(checkins.client, p.key_result_id, value=20, confidence=4)
+    await check_in(checkins.client, second, value=3)
+    r = await checkins.client.post(
+        f"/v1/check-ins/{first}/correct", json={"value": 11, "reason": "recount"}
+    )
+    assert r.status_code == 200
+    nxt = await create_cycle(goals.client, start=False, name="Next")
+    await synced(reviews, goals, checkins)
+    r = await reviews.client.post("/v1/reviews", json={"cycle_id": p.cycle_id, "team": "platform"})
+    assert r.status_code == 201, r.text
+    review = r.json()["id"]
+    for url, body in [
+        (f"/v1/reviews/{review}/scores/{second}", {"score": 0.3, "comment": "slow"}),
+        (f"/v1/reviews/{review}/reflections", {"kind": "learned", "text": "Smaller bets"}),
+        (
+            f"/v1/reviews/{review}/carry-over",
+            {"objective_id": p.objective_id, "decision": "carry_over", "next_cycle_id": nxt},
+        ),
+        (f"/v1/reviews/{review}/finalise", None),
+    ]:
+        r = await reviews.client.request("PUT" if "/scores/" in url else "POST", url, json=body)
+        assert r.status_code == 200, r.text
+
+
+def dump(app: ProjectionsApplication) -> dict[str, Any]:
+    """The views, without the positions that only number the order of application."""
+    db = Database(app)
+    with db.transaction(commit=False) as tx:
+        entities = tx.execute("SELECT kind, id, cycle_id, parent_id, state FROM {t}view_entities")
+        entity_rows = sorted(
+            (r["kind"], r["id"], r["cycle_id"], r["parent_id"], r["state"])
+            for r in entities.fetchall()
+        )
+        history: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        rows = tx.execute(
+            "SELECT kind, id, valid_from, state FROM {t}view_history ORDER BY pos"
+        ).fetchall()
+        for r in rows:
+            history.setdefault((r["kind"], r["id"]), []).append((r["valid_from"], r["state"]))
+        audit = sorted(
+            json.dumps({k: r[k] for k in r.keys() if k != "pos"}, sort_keys=True)
+            for r in tx.execute("SELECT * FROM {t}view_audit").fetchall()
+        )
+    return {"entities": entity_rows, "history": history, "audit": audit}
+
+
+def apply_all(app: ProjectionsApplication, events: list[Received], shuffle: bool) -> int:
+    """Feed the events the way JetStream might: in order, or shuffled, repeated and in
+    batches of any size, redelivering whatever came too early. Returns the rounds taken."""
+    inbox = Inbox(Database(app), "views", Views())
+    inbox.setup()
+    rng = random.Random(7)
+    pending = list(events)
+    rounds = 0
+    while pending:
+        rounds += 1
+        assert rounds < 200, "the views never caught up"
+        if shuffle:
+            pending = pending + rng.sample(pending, k=min(len(pending), 5))  # duplicates
+            rng.shuffle(pending)
+        later: list[Received] = []
+        while pending:
+            size = rng.randint(1, 12) if shuffle else len(pending)
+            batch, pending = pending[:size], pending[size:]
+            outcomes, invalid = inbox.process(batch)
+            assert not invalid, invalid
+            later += [e for e, o in zip(batch, outcomes, strict=True) if o is Outcome.EARLY]
+        pending = later
+    return rounds
+
+
+async def test_the_same_stream_shuffled_and_redelivered_gives_identical_views(
+    goals: RunningService,
+    checkins: RunningService,
+    reviews: RunningService,
+    projections_settings: ProjectionsSettings,
+) -> None:
+    await scenario(goals, checkins, reviews)
+    messages = await read_stream(projections_settings.nats_url, 0)
+    events = [parse(m.subject, m.data, (m.headers or {}).get("Nats-Msg-Id")) for m in messages]
+    assert {e.service for e in events} == {"goals", "checkins", "reviews"}
+
+    ordered = ProjectionsApplication(store_env(projections_settings))
+    shuffled_settings = projections_settings.model_copy(
+        update={
+            "data_dir": projections_settings.data_dir / "shuffled",
+            "database_schema": projections_settings.database_schema + "_b",
+        }
+    )
+    shuffled = ProjectionsApplication(store_env(shuffled_settings))
+    try:
+        assert apply_all(ordered, events, shuffle=False) == 1
+        rounds = apply_all(shuffled, events, shuffle=True)
+        assert rounds > 1  # some events did arrive before their predecessors
+        a, b = dump(ordered), dump(shuffled)
+        assert a["entities"] == b["entities"]
+        assert a["history"] == b["history"]
+        assert a["audit"] == b["audit"]
+        assert len(a["audit"]) == len(events)
+        # And once more, everything again: nothing changes.
+        apply_all(shuffled, events, shuffle=True)
+        assert dump(shuffled) == b
+    finally:
+        ordered.close()
+        shuffled.close()
