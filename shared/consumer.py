@@ -481,6 +481,7 @@ class Consumer:
         self.poll_interval = poll_interval
         self.early_delay = early_delay
         self.pending = 0
+        self.delivered = 0
         self.caught_up = False
         self.last_error: str | None = None
         self.last_event_time: dict[str, datetime] = {}
@@ -637,6 +638,7 @@ class Consumer:
             self._idle()
             return
         started = time.perf_counter()
+        self.delivered += len(msgs)
         events: list[Received] = []
         carriers: list[Msg] = []
         for msg in msgs:

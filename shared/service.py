@@ -7,7 +7,7 @@ FastAPI lifespan starts and stops the moving parts in order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +25,9 @@ from shared.http import (
 )
 from shared.nats import NatsLink
 from shared.relay import Relay
-from shared.settings import ServiceSettings
+from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.store import ServiceApplication, store_env
+from shared.tasks import stop_task
 from shared.writer import CommandWriter
 
 RELAY_STUCK_AFTER_S = 30.0
@@ -45,6 +46,8 @@ class Runtime:
     consumers: list[Consumer] = field(default_factory=list)
     # Service-specific parts the routes need (a consumer's view, say), by name.
     parts: dict[str, Any] = field(default_factory=dict)
+    # Service-specific background loops, run while the service runs.
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     extra_checks: list[Check] = field(default_factory=list)
 
     async def wait_for_position(self, positions: str | list[str] | None) -> None:
@@ -57,6 +60,10 @@ class Runtime:
 
     async def _wait_for_one(self, position: str) -> None:
         service, _, sequence = position.partition(":")
+        if service not in DEFAULT_PORTS:
+            raise InvalidValue(
+                f"min_position: there is no service {service!r}", field="min_position"
+            )
         if service == self.settings.service:
             return  # our own store is the source of truth: every answered position is in it
         followers = [c for c in self.consumers if c.follows(service)]
@@ -119,9 +126,12 @@ def create_service(
         await relay.start()
         for consumer in runtime.consumers:
             await consumer.start()
+        tasks = [asyncio.create_task(loop()) for loop in runtime.background]
         try:
             yield
         finally:
+            for task in tasks:
+                await stop_task(task)
             for consumer in runtime.consumers:
                 await consumer.stop()
             await relay.stop()

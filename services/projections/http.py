@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.projections import queries
-from services.projections.views import utc
+from services.projections.views import Tables, utc
 from shared.domain import InvalidValue, NotFound
 from shared.http import PROBLEM_RESPONSES, Actor, MinPosition
-from shared.service import Runtime, runtime_of
+from shared.service import runtime_of
 from shared.sql import Database
 
 AUDIT_EXPORT_LIMIT = 100_000
@@ -28,15 +28,19 @@ Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 Team = Annotated[str, Path(min_length=1, max_length=200)]
 
 
-def _db(runtime: Runtime) -> Database:
-    db: Database = runtime.parts["db"]
-    return db
+class LiveViews:
+    """The views the routes read: the store and the generation of tables that is live."""
+
+    def __init__(self, db: Database, tables: Tables) -> None:
+        self.db = db
+        self.tables = tables
 
 
-async def _ready(request: Request, min_position: list[str] | None) -> Database:
+async def _ready(request: Request, min_position: list[str] | None) -> tuple[Database, Tables]:
     runtime = runtime_of(request)
     await runtime.wait_for_position(min_position)
-    return _db(runtime)
+    live: LiveViews = runtime.parts["views"]
+    return live.db, live.tables
 
 
 # --- response bodies ----------------------------------------------------------------------
@@ -131,9 +135,9 @@ async def okr_tree(
     ] = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
+    db, t = await _ready(request, min_position)
     at = utc(as_of) if as_of is not None else None
-    tree = await asyncio.to_thread(queries.okr_tree, db, str(cycle_id), at)
+    tree = await asyncio.to_thread(queries.okr_tree, db, t, str(cycle_id), at)
     if tree is None:
         when = f" at {at}" if at else ""
         raise NotFound(f"No cycle with id {cycle_id}{when}")
@@ -175,7 +179,7 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     min_position: MinPosition = None,
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
+    db, t = await _ready(request, min_position)
     before = None
     if cursor is not None:
         try:
@@ -184,7 +188,7 @@ async def audit(
             raise InvalidValue("cursor is not one this service gave", field="cursor") from e
     filters = _filters(entity, actor, service, event_type, entity_type, since, until)
     items, next_pos = await asyncio.to_thread(
-        queries.audit_page, db, filters=filters, before=before, limit=limit
+        queries.audit_page, db, t, filters=filters, before=before, limit=limit
     )
     return JSONResponse(
         {
@@ -212,9 +216,9 @@ async def audit_csv(
     until: AwareDatetime | None = None,
     min_position: MinPosition = None,
 ) -> Response:
-    db = await _ready(request, min_position)
+    db, t = await _ready(request, min_position)
     filters = _filters(entity, actor, service, event_type, entity_type, since, until)
-    rows = await asyncio.to_thread(queries.audit_all, db, filters, AUDIT_EXPORT_LIMIT)
+    rows = await asyncio.to_thread(queries.audit_all, db, t, filters, AUDIT_EXPORT_LIMIT)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(queries.AUDIT_COLUMNS)
@@ -246,9 +250,9 @@ def _csv_safe(value: Any) -> Any:
 async def check_in_history(
     key_result_id: UUID, request: Request, _: Actor, min_position: MinPosition = None
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
-    items = await asyncio.to_thread(queries.children, db, "check_in", str(key_result_id))
-    known = await asyncio.to_thread(queries.entity, db, "key_result", str(key_result_id))
+    db, t = await _ready(request, min_position)
+    items = await asyncio.to_thread(queries.children, db, t, "check_in", str(key_result_id))
+    known = await asyncio.to_thread(queries.entity, db, t, "key_result", str(key_result_id))
     if known is None and not items:
         raise NotFound(f"No key result with id {key_result_id}")
     items.sort(key=lambda c: c["number"])
@@ -267,12 +271,12 @@ async def overdue(
     cadence_days: Annotated[int | None, Query(ge=1, le=365)] = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
+    db, t = await _ready(request, min_position)
     runtime = runtime_of(request)
     days = cadence_days or int(getattr(runtime.settings, "overdue_cadence_days", 7))
-    if await asyncio.to_thread(queries.entity, db, "cycle", str(cycle_id)) is None:
+    if await asyncio.to_thread(queries.entity, db, t, "cycle", str(cycle_id)) is None:
         raise NotFound(f"No cycle with id {cycle_id}")
-    items = await asyncio.to_thread(queries.overdue, db, str(cycle_id), days, datetime.now(UTC))
+    items = await asyncio.to_thread(queries.overdue, db, t, str(cycle_id), days, datetime.now(UTC))
     return JSONResponse({"cycle_id": str(cycle_id), "cadence_days": days, "items": items})
 
 
@@ -287,8 +291,8 @@ async def meetings(
     cycle_id: UUID | None = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
-    items = await asyncio.to_thread(queries.children, db, "meeting", team.strip())
+    db, t = await _ready(request, min_position)
+    items = await asyncio.to_thread(queries.children, db, t, "meeting", team.strip())
     if cycle_id is not None:
         items = [m for m in items if m["cycle_id"] == str(cycle_id)]
     items.sort(key=lambda m: m["held_on"], reverse=True)
@@ -299,8 +303,8 @@ async def meetings(
 async def review(
     review_id: UUID, request: Request, _: Actor, min_position: MinPosition = None
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
-    found = await asyncio.to_thread(queries.entity, db, "review", str(review_id))
+    db, t = await _ready(request, min_position)
+    found = await asyncio.to_thread(queries.entity, db, t, "review", str(review_id))
     if found is None:
         raise NotFound(f"No review with id {review_id}")
     return JSONResponse(found)
@@ -317,8 +321,8 @@ async def search(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     min_position: MinPosition = None,
 ) -> JSONResponse:
-    db = await _ready(request, min_position)
-    items = await asyncio.to_thread(queries.search, db, q.strip(), limit)
+    db, t = await _ready(request, min_position)
+    items = await asyncio.to_thread(queries.search, db, t, q.strip(), limit)
     return JSONResponse({"q": q, "items": items})
 
 

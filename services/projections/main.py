@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
-from services.projections.http import routers
-from services.projections.views import Views
+from services.projections.http import LiveViews, routers
+from services.projections.rebuild import live_generation
+from services.projections.views import Tables, Views
 from shared.consumer import Consumer, Inbox
 from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
 from shared.sql import Database
 from shared.store import ServiceApplication
 
-VIEWS_CONSUMER = "views"
+log = logging.getLogger(__name__)
+
+GENERATION_POLL_S = 1.0
 
 
 class ProjectionsApplication(ServiceApplication):
@@ -37,18 +43,34 @@ class ProjectionsSettings(ServiceSettings):
     )
 
 
+def _consumer(runtime: Runtime, db: Database, tables: Tables) -> Consumer:
+    """Every event of every service, through one durable consumer, into one generation."""
+    inbox = Inbox(db, tables.consumer, Views(tables))
+    return Consumer.for_service(runtime.settings, tables.consumer, runtime.link, inbox, ["okr.>"])
+
+
 def _wire(runtime: Runtime) -> None:
-    """Every event of every service, through one durable consumer, into the views."""
     db = Database(runtime.app)
-    consumer = Consumer.for_service(
-        runtime.settings,
-        VIEWS_CONSUMER,
-        runtime.link,
-        Inbox(db, VIEWS_CONSUMER, Views()),
-        ["okr.>"],
-    )
-    runtime.consumers.append(consumer)
-    runtime.parts["db"] = db
+    live = LiveViews(db, Tables(live_generation(db)))
+    runtime.consumers.append(_consumer(runtime, db, live.tables))
+    runtime.parts["views"] = live
+
+    async def follow_rebuilds() -> None:
+        """Switch to the generation a rebuild made live: its tables and its consumer."""
+        while True:
+            await asyncio.sleep(GENERATION_POLL_S)
+            generation = await asyncio.to_thread(live_generation, db)
+            if generation == live.tables.generation:
+                continue
+            tables = Tables(generation)
+            fresh = _consumer(runtime, db, tables)
+            await fresh.start()
+            old, runtime.consumers[0] = runtime.consumers[0], fresh
+            live.tables = tables
+            log.info("views now answered from generation %d", generation)
+            await old.stop()
+
+    runtime.background.append(follow_rebuilds)
 
 
 def create_app(settings: ProjectionsSettings | None = None) -> FastAPI:

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.projections.views import Tables
 from shared.okr import progress_of, status_of, weighted_progress
 from shared.sql import Database, Tx
 
@@ -17,17 +18,17 @@ State = dict[str, Any]
 # --- the OKR tree -------------------------------------------------------------------------
 
 
-def _states(tx: Tx, cycle_id: str, as_of: str | None) -> dict[tuple[str, str], State]:
+def _states(tx: Tx, t: Tables, cycle_id: str, as_of: str | None) -> dict[tuple[str, str], State]:
     """Every entity of the cycle, by (kind, id): now, or as it was at `as_of`."""
     if as_of is None:
         rows = tx.execute(
-            "SELECT kind, id, state FROM {t}view_entities WHERE cycle_id = ?", (cycle_id,)
+            f"SELECT kind, id, state FROM {t.entities} WHERE cycle_id = ?", (cycle_id,)
         ).fetchall()
     else:
         # The last state of each entity that came into being at or before `as_of`.
         rows = tx.execute(
-            "SELECT h.kind, h.id, h.state FROM {t}view_history h JOIN ("
-            " SELECT kind, id, MAX(pos) AS pos FROM {t}view_history"
+            f"SELECT h.kind, h.id, h.state FROM {t.history} h JOIN ("
+            f" SELECT kind, id, MAX(pos) AS pos FROM {t.history}"
             " WHERE cycle_id = ? AND valid_from <= ? GROUP BY kind, id) latest"
             " ON h.kind = latest.kind AND h.id = latest.id AND h.pos = latest.pos",
             (cycle_id, as_of),
@@ -58,11 +59,11 @@ def key_result_view(kr: State, progress: State | None) -> State:
     }
 
 
-def okr_tree(db: Database, cycle_id: str, as_of: str | None = None) -> State | None:
+def okr_tree(db: Database, t: Tables, cycle_id: str, as_of: str | None = None) -> State | None:
     """The cycle's objectives with their key results, progress, confidence and rollups;
     None when the cycle is unknown (or did not exist yet at `as_of`)."""
     with db.transaction(commit=False) as tx:
-        states = _states(tx, cycle_id, as_of)
+        states = _states(tx, t, cycle_id, as_of)
     cycle = states.get(("cycle", cycle_id))
     if cycle is None:
         return None
@@ -163,6 +164,7 @@ def decode_cursor(cursor: str) -> int:
 
 def audit_page(
     db: Database,
+    t: Tables,
     *,
     filters: dict[str, str | None],
     before: int | None,
@@ -174,7 +176,7 @@ def audit_page(
     if before is not None:
         where.append("pos < ?")
         params.append(before)
-    sql = "SELECT * FROM {t}view_audit"
+    sql = f"SELECT * FROM {t.audit}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY pos DESC LIMIT ?"
@@ -185,10 +187,10 @@ def audit_page(
     return entries, next_pos
 
 
-def audit_all(db: Database, filters: dict[str, str | None], limit: int) -> list[State]:
+def audit_all(db: Database, t: Tables, filters: dict[str, str | None], limit: int) -> list[State]:
     """Entries oldest first, for export."""
     where, params = _audit_where(filters)
-    sql = "SELECT * FROM {t}view_audit"
+    sql = f"SELECT * FROM {t.audit}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY pos LIMIT ?"
@@ -231,25 +233,27 @@ def _entry(row: Any) -> State:
 # --- other views --------------------------------------------------------------------------
 
 
-def children(db: Database, kind: str, parent_id: str) -> list[State]:
+def children(db: Database, t: Tables, kind: str, parent_id: str) -> list[State]:
     with db.transaction(commit=False) as tx:
         rows = tx.execute(
-            "SELECT state FROM {t}view_entities WHERE kind = ? AND parent_id = ?", (kind, parent_id)
+            f"SELECT state FROM {t.entities} WHERE kind = ? AND parent_id = ?", (kind, parent_id)
         ).fetchall()
     return [json.loads(r["state"]) for r in rows]
 
 
-def entity(db: Database, kind: str, entity_id: str) -> State | None:
+def entity(db: Database, t: Tables, kind: str, entity_id: str) -> State | None:
     with db.transaction(commit=False) as tx:
         row = tx.execute(
-            "SELECT state FROM {t}view_entities WHERE kind = ? AND id = ?", (kind, entity_id)
+            f"SELECT state FROM {t.entities} WHERE kind = ? AND id = ?", (kind, entity_id)
         ).fetchone()
     return None if row is None else dict(json.loads(row["state"]))
 
 
-def overdue(db: Database, cycle_id: str, cadence_days: int, now: datetime) -> list[State]:
+def overdue(
+    db: Database, t: Tables, cycle_id: str, cadence_days: int, now: datetime
+) -> list[State]:
     """Live key results of the cycle with no check-in for longer than the cadence."""
-    tree = okr_tree(db, cycle_id)
+    tree = okr_tree(db, t, cycle_id)
     if tree is None:
         return []
     limit = (now - timedelta(days=cadence_days)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -271,12 +275,12 @@ def overdue(db: Database, cycle_id: str, cadence_days: int, now: datetime) -> li
     return found
 
 
-def search(db: Database, text: str, limit: int) -> list[State]:
+def search(db: Database, t: Tables, text: str, limit: int) -> list[State]:
     """Wins, learnings and reflections across cycles that contain `text` (any case)."""
     needle = text.casefold()
     with db.transaction(commit=False) as tx:
         rows = tx.execute(
-            "SELECT kind, id, state FROM {t}view_entities WHERE kind IN ('meeting', 'review')"
+            f"SELECT kind, id, state FROM {t.entities} WHERE kind IN ('meeting', 'review')"
             " ORDER BY pos DESC"
         ).fetchall()
     found: list[State] = []

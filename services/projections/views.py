@@ -27,25 +27,50 @@ from typing import Any
 from shared.consumer import InvalidMessage, Received
 from shared.sql import Tx
 
-TABLES = [
-    "CREATE TABLE IF NOT EXISTS {t}view_entities (kind TEXT NOT NULL, id TEXT NOT NULL,"
-    " cycle_id TEXT, parent_id TEXT, state TEXT NOT NULL, pos BIGINT NOT NULL,"
-    " PRIMARY KEY (kind, id))",
-    "CREATE INDEX IF NOT EXISTS view_entities_cycle ON {t}view_entities (cycle_id, kind)",
-    "CREATE INDEX IF NOT EXISTS view_entities_parent ON {t}view_entities (parent_id, kind)",
-    "CREATE TABLE IF NOT EXISTS {t}view_history (kind TEXT NOT NULL, id TEXT NOT NULL,"
-    " cycle_id TEXT, valid_from TEXT NOT NULL, pos BIGINT NOT NULL, state TEXT NOT NULL,"
-    " PRIMARY KEY (kind, id, pos))",
-    "CREATE INDEX IF NOT EXISTS view_history_cycle ON {t}view_history (cycle_id, valid_from)",
-    "CREATE TABLE IF NOT EXISTS {t}view_audit (pos BIGINT PRIMARY KEY, at TEXT NOT NULL,"
-    " actor TEXT NOT NULL, service TEXT NOT NULL, entity_type TEXT NOT NULL,"
-    " entity_id TEXT NOT NULL, related_id TEXT, event_type TEXT NOT NULL,"
-    " changes TEXT NOT NULL, reason TEXT, correlation_id TEXT NOT NULL,"
-    " causation_id TEXT NOT NULL, source TEXT NOT NULL, sequence BIGINT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS view_audit_entity ON {t}view_audit (entity_id, pos)",
-    "CREATE INDEX IF NOT EXISTS view_audit_related ON {t}view_audit (related_id, pos)",
-    "CREATE INDEX IF NOT EXISTS view_audit_at ON {t}view_audit (at)",
-]
+
+class Tables:
+    """The table names of one generation of the views. A rebuild fills a new generation while
+    the live one keeps serving, then switches (`services/projections/rebuild.py`)."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        base = "view" if generation == 1 else f"view{generation}"
+        self.entities = "{t}" + f"{base}_entities"
+        self.history = "{t}" + f"{base}_history"
+        self.audit = "{t}" + f"{base}_audit"
+        self.base = base
+
+    @property
+    def consumer(self) -> str:
+        """The inbox and durable-consumer name of this generation."""
+        return "views" if self.generation == 1 else f"views-g{self.generation}"
+
+    def create(self) -> list[str]:
+        b = self.base
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.entities} (kind TEXT NOT NULL, id TEXT NOT NULL,"
+            " cycle_id TEXT, parent_id TEXT, state TEXT NOT NULL, pos BIGINT NOT NULL,"
+            " PRIMARY KEY (kind, id))",
+            f"CREATE INDEX IF NOT EXISTS {b}_entities_cycle ON {self.entities} (cycle_id, kind)",
+            f"CREATE INDEX IF NOT EXISTS {b}_entities_parent ON {self.entities} (parent_id, kind)",
+            f"CREATE TABLE IF NOT EXISTS {self.history} (kind TEXT NOT NULL, id TEXT NOT NULL,"
+            " cycle_id TEXT, valid_from TEXT NOT NULL, pos BIGINT NOT NULL, state TEXT NOT NULL,"
+            " PRIMARY KEY (kind, id, pos))",
+            f"CREATE INDEX IF NOT EXISTS {b}_history_cycle ON {self.history}"
+            " (cycle_id, valid_from)",
+            f"CREATE TABLE IF NOT EXISTS {self.audit} (pos BIGINT PRIMARY KEY, at TEXT NOT NULL,"
+            " actor TEXT NOT NULL, service TEXT NOT NULL, entity_type TEXT NOT NULL,"
+            " entity_id TEXT NOT NULL, related_id TEXT, event_type TEXT NOT NULL,"
+            " changes TEXT NOT NULL, reason TEXT, correlation_id TEXT NOT NULL,"
+            " causation_id TEXT NOT NULL, source TEXT NOT NULL, sequence BIGINT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {b}_audit_entity ON {self.audit} (entity_id, pos)",
+            f"CREATE INDEX IF NOT EXISTS {b}_audit_related ON {self.audit} (related_id, pos)",
+            f"CREATE INDEX IF NOT EXISTS {b}_audit_at ON {self.audit} (at)",
+        ]
+
+    def drop(self) -> list[str]:
+        return [f"DROP TABLE IF EXISTS {t}" for t in (self.entities, self.history, self.audit)]
+
 
 State = dict[str, Any]
 
@@ -115,7 +140,8 @@ Handler = Callable[["Views", Tx, Received], Effect]
 class Views:
     """The projector (see the module docstring). Runs on the consumer's worker thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, tables: Tables | None = None) -> None:
+        self.t = tables or Tables(1)
         self.pos = 0
         self._committed_pos = 0
         self._lock = threading.Lock()
@@ -123,10 +149,10 @@ class Views:
     # --- the projector protocol ---------------------------------------------------------
 
     def tables(self) -> Sequence[str]:
-        return TABLES
+        return self.t.create()
 
     def load(self, tx: Tx) -> None:
-        row = tx.execute("SELECT MAX(pos) AS pos FROM {t}view_audit").fetchone()
+        row = tx.execute(f"SELECT MAX(pos) AS pos FROM {self.t.audit}").fetchone()
         self.pos = self._committed_pos = int(row["pos"] or 0)
 
     def committed(self) -> None:
@@ -152,7 +178,7 @@ class Views:
         for kind, entity_id, state, cycle_id, parent_id in effect.extra:
             self._write(tx, kind, entity_id, state, cycle_id, parent_id, at)
         tx.execute(
-            "INSERT INTO {t}view_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {self.t.audit} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.pos,
                 at,
@@ -175,7 +201,7 @@ class Views:
 
     def current(self, tx: Tx, kind: str, entity_id: str) -> State | None:
         row = tx.execute(
-            "SELECT state FROM {t}view_entities WHERE kind = ? AND id = ?", (kind, entity_id)
+            f"SELECT state FROM {self.t.entities} WHERE kind = ? AND id = ?", (kind, entity_id)
         ).fetchone()
         return None if row is None else dict(json.loads(row["state"]))
 
@@ -191,13 +217,13 @@ class Views:
     ) -> None:
         text = _dump(state)
         tx.execute(
-            "INSERT INTO {t}view_entities VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id)"
+            f"INSERT INTO {self.t.entities} VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id)"
             " DO UPDATE SET cycle_id = excluded.cycle_id, parent_id = excluded.parent_id,"
             " state = excluded.state, pos = excluded.pos",
             (kind, entity_id, cycle_id, parent_id, text, self.pos),
         )
         tx.execute(
-            "INSERT INTO {t}view_history VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {self.t.history} VALUES (?, ?, ?, ?, ?, ?)",
             (kind, entity_id, cycle_id, at, self.pos, text),
         )
 
