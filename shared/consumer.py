@@ -43,7 +43,7 @@ from nats.js.errors import NotFoundError
 
 from shared.domain import CommandContext, DomainError, command_context
 from shared.nats import NatsLink
-from shared.settings import ServiceSettings
+from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
 from shared.store import (
     INBOX_TABLES,
@@ -59,6 +59,7 @@ from shared.telemetry import (
     CONSUMER_DUPLICATES,
     CONSUMER_FAILURES,
     CONSUMER_LAG,
+    CONSUMER_LAG_EVENTS,
     CONSUMER_LAG_SECONDS,
     CONSUMER_POSITION,
     CONSUMER_REDELIVERED,
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 
 MAX_DATA_BYTES = 1024 * 1024
 MAX_POLICY_ATTEMPTS = 5
+LAG_MEASURE_EVERY_S = 5.0
 
 
 # --- the envelope ---------------------------------------------------------------------------
@@ -485,6 +487,7 @@ class Consumer:
         self.caught_up = False
         self.last_error: str | None = None
         self.last_event_time: dict[str, datetime] = {}
+        self._lag_measured = 0.0
         self.last_progress = time.monotonic()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -608,6 +611,30 @@ class Consumer:
             raise RuntimeError(f"stream {self.stream} not found") from e
         return await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
+    def followed_services(self) -> list[str]:
+        return [s for s in DEFAULT_PORTS if self.follows(s)]
+
+    async def _measure_lag(self) -> None:
+        """Lag per source in events: how far the newest message of each followed service in
+        the stream is ahead of what was applied (a distance in sequence numbers, which may
+        count gaps). Metrics only; measured at most every few seconds."""
+        now = time.monotonic()
+        if now - self._lag_measured < LAG_MEASURE_EVERY_S:
+            return
+        self._lag_measured = now
+        js = await self.link.wait()
+        for service in self.followed_services():
+            source = f"okr/{service}"
+            try:
+                last = await js.get_last_msg(self.stream, f"okr.{service}.>")
+                newest = int(orjson.loads(last.data or b"{}").get("sequence", 0))
+            except NotFoundError:
+                newest = 0
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                continue
+            behind = max(0, newest - self.positions.get(source, 0))
+            CONSUMER_LAG_EVENTS.labels(self.service, self.name, source).set(behind)
+
     async def _consume(self) -> None:
         sub = await self._subscribe()
         try:
@@ -621,6 +648,7 @@ class Consumer:
                         self.caught_up = False
                     continue
                 await self._handle(msgs)
+                await self._measure_lag()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -632,6 +660,8 @@ class Consumer:
         CONSUMER_LAG.labels(self.service, self.name).set(0)
         for source in self.last_event_time:
             CONSUMER_LAG_SECONDS.labels(self.service, self.name, source).set(0)
+        for service in self.followed_services():
+            CONSUMER_LAG_EVENTS.labels(self.service, self.name, f"okr/{service}").set(0)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         if not msgs:  # a pull that ended with a status, not messages

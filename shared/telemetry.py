@@ -84,6 +84,11 @@ CONSUMER_LAG = Gauge(
     "Messages in the stream not yet delivered to the consumer",
     ["service", "consumer"],
 )
+CONSUMER_LAG_EVENTS = Gauge(
+    "okr_consumer_lag_events",
+    "Per source: how far the newest event in the stream is ahead of what was applied",
+    ["service", "consumer", "source"],
+)
 CONSUMER_LAG_SECONDS = Gauge(
     "okr_consumer_lag_seconds",
     "While messages wait: how old the newest applied event of a source is (0 when caught up)",

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
 from services.projections.http import LiveViews, routers
-from services.projections.rebuild import live_generation
+from services.projections.rebuild import ensure_generations, live_generation
 from services.projections.views import Tables, Views
 from shared.consumer import Consumer, Inbox
 from shared.service import Runtime, create_service
@@ -51,6 +51,7 @@ def _consumer(runtime: Runtime, db: Database, tables: Tables) -> Consumer:
 
 def _wire(runtime: Runtime) -> None:
     db = Database(runtime.app)
+    ensure_generations(db)
     live = LiveViews(db, Tables(live_generation(db)))
     runtime.consumers.append(_consumer(runtime, db, live.tables))
     runtime.parts["views"] = live

@@ -35,11 +35,16 @@ GENERATION_TABLE = (
 )
 
 
-def live_generation(db: Database) -> int:
-    """The generation the service answers from (1 until the first rebuild)."""
+def ensure_generations(db: Database) -> None:
+    """The one-row table naming the live generation (1 until the first rebuild)."""
     db.create([GENERATION_TABLE])
     with db.transaction() as tx:
         tx.execute("INSERT INTO {t}view_generation VALUES (1, 1) ON CONFLICT (id) DO NOTHING")
+
+
+def live_generation(db: Database) -> int:
+    """The generation the service answers from."""
+    with db.transaction(commit=False) as tx:
         row = tx.execute("SELECT live FROM {t}view_generation WHERE id = 1").fetchone()
     return int(row["live"])
 
@@ -66,6 +71,7 @@ async def rebuild(
     out: TextIO = sys.stderr,
 ) -> int:
     """Build the next generation from the whole stream and make it live; returns it."""
+    await asyncio.to_thread(ensure_generations, db)
     live = await asyncio.to_thread(live_generation, db)
     new = Tables(live + 1)
     link = NatsLink(settings.nats_url, name="okr-projections-rebuild")

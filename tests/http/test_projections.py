@@ -292,3 +292,25 @@ async def test_min_position_that_never_arrives_is_a_retryable_409(
     assert problem["type"].endswith("/not-yet-known") and r.headers["retry-after"] == "1"
     r = await projections.client.get("/v1/audit", params={"min_position": "goals:x"})
     assert_problem(r, 422)
+
+
+async def test_metrics_show_apply_rate_and_lag_per_source(
+    goals: RunningService, checkins: RunningService, projections: RunningService
+) -> None:
+    p = await plan(goals, checkins)
+    await check_in(checkins.client, p.key_result_id, value=5)
+    await read(projections, "/v1/audit", goals, checkins)
+    text = (await projections.client.get("/metrics")).text
+    labels = 'consumer="views",service="projections"'
+    applied = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f"okr_consumer_applied_total{{{labels}}}")
+    ]
+    assert applied and float(applied[0].split()[-1]) >= 6
+    for source in ("okr/goals", "okr/checkins"):
+        assert f'okr_consumer_lag_events{{{labels},source="{source}"}}' in text
+        assert f'okr_consumer_lag_seconds{{{labels},source="{source}"}}' in text
+    assert (
+        f"okr_consumer_failures_total{{{labels}}}" in text or "okr_consumer_failures_total" in text
+    )
