@@ -21,14 +21,10 @@ import httpx
 import jwt
 import pytest
 
-from services.checkins.main import CheckinsSettings
-from services.checkins.main import create_app as create_checkins
-from services.goals.main import GoalsSettings
-from services.goals.main import create_app as create_goals
-from tests.conftest import ADMIN_URL, REQUIRE_POSTGRES
 from tests.http.checkins_helpers import check_in, check_in_body, meeting_body, plan
 from tests.http.helpers import anonymous, assert_problem, stored
-from tests.support import SECRET, NatsServer, RunningService, auth, declare_stream, serve, token
+from tests.support import SECRET, RunningService, auth, token
+from tests.system import STORES, running, store_for
 
 TODAY = datetime.now(UTC).date()
 
@@ -48,56 +44,27 @@ class World:
         return text
 
 
-def _store(request: pytest.FixtureRequest, base: Any) -> dict[str, Any]:
-    """Like the `store` fixture of conftest, for services shared by the module's cases."""
-    if request.param == "sqlite":
-        return {"data_dir": base / "data"}
-    url = request.getfixturevalue("postgres_url")
-    if url is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL is required (OKR_REQUIRE_POSTGRES) but {ADMIN_URL} is down")
-        pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}")
-    schema = "t_" + uuid.uuid4().hex[:12]
-    return {"data_dir": base / "data", "database_url": url, "database_schema": schema}
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=STORES)
 async def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
     base = tmp_path_factory.mktemp("checkins-auth")
-    store = _store(request, base)
-    nats_server = NatsServer(base / "nats")
-    nats_server.start()
-    try:
-        await declare_stream(nats_server.url)
-        common = {"jwt_secret": SECRET, "nats_url": nats_server.url, "relay_poll_interval_s": 0.05}
-        own = {**store}
-        if "database_schema" in own:
-            own["database_schema"] += "_checkins"
-        goals_app = create_goals(GoalsSettings(**common, **store))
-        checkins_app = create_checkins(
-            CheckinsSettings(**common, consumer_poll_interval_s=0.2, consumer_ack_wait_s=2, **own)
+    async with running(store_for(request, base), base, "goals", "checkins") as s:
+        goals, checkins = s["goals"], s["checkins"]
+        p = await plan(goals, checkins)
+        r = await checkins.client.post(
+            "/v1/teams/platform/check-in-meetings",
+            json=meeting_body(p.cycle_id, held_on=TODAY.isoformat()),
         )
-        async with serve(goals_app) as goals, serve(checkins_app) as checkins:
-            p = await plan(goals, checkins)
-            r = await checkins.client.post(
-                "/v1/teams/platform/check-in-meetings",
-                json=meeting_body(p.cycle_id, held_on=TODAY.isoformat()),
-            )
-            assert r.status_code == 201, r.text
-            yield World(
-                goals=goals,
-                checkins=checkins,
-                cycle=p.cycle_id,
-                kr=p.key_result_id,
-                check_in=await check_in(checkins.client, p.key_result_id),
-                meeting=r.json()["id"],
-            )
-    finally:
-        nats_server.stop()
+        assert r.status_code == 201, r.text
+        yield World(
+            goals=goals,
+            checkins=checkins,
+            cycle=p.cycle_id,
+            kr=p.key_result_id,
+            check_in=await check_in(checkins.client, p.key_result_id),
+            meeting=r.json()["id"],
+        )
 
 
 # --- tokens -------------------------------------------------------------------------------

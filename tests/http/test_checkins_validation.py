@@ -19,11 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from services.checkins.main import CheckinsSettings
-from services.checkins.main import create_app as create_checkins
-from services.goals.main import GoalsSettings
-from services.goals.main import create_app as create_goals
-from tests.conftest import ADMIN_URL, REQUIRE_POSTGRES
 from tests.http.checkins_helpers import caught_up, check_in, check_in_body, meeting_body, plan
 from tests.http.helpers import (
     add_key_result,
@@ -35,7 +30,8 @@ from tests.http.helpers import (
     get_json,
     stored,
 )
-from tests.support import SECRET, NatsServer, RunningService, declare_stream, serve
+from tests.support import RunningService
+from tests.system import STORES, running, store_for
 
 TODAY = datetime.now(UTC).date()
 NEVER_HELD = (TODAY - timedelta(days=20)).isoformat()  # a date no test records a meeting on
@@ -69,19 +65,6 @@ class World:
             if isinstance(value, str):
                 text = text.replace("{" + f.name + "}", value)
         return text
-
-
-def _store(request: pytest.FixtureRequest, base: Any) -> dict[str, Any]:
-    """Like the `store` fixture of conftest, for services shared by the module's cases."""
-    if request.param == "sqlite":
-        return {"data_dir": base / "data"}
-    url = request.getfixturevalue("postgres_url")
-    if url is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL is required (OKR_REQUIRE_POSTGRES) but {ADMIN_URL} is down")
-        pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}")
-    schema = "t_" + uuid.uuid4().hex[:12]
-    return {"data_dir": base / "data", "database_url": url, "database_schema": schema}
 
 
 async def _build(goals: RunningService, checkins: RunningService) -> World:
@@ -133,30 +116,13 @@ async def _build(goals: RunningService, checkins: RunningService) -> World:
     )
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=STORES)
 async def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
     base = tmp_path_factory.mktemp("checkins-validation")
-    store = _store(request, base)
-    nats_server = NatsServer(base / "nats")
-    nats_server.start()
-    try:
-        await declare_stream(nats_server.url)
-        common = {"jwt_secret": SECRET, "nats_url": nats_server.url, "relay_poll_interval_s": 0.05}
-        own = {**store}
-        if "database_schema" in own:
-            own["database_schema"] += "_checkins"
-        goals_app = create_goals(GoalsSettings(**common, **store))
-        checkins_app = create_checkins(
-            CheckinsSettings(**common, consumer_poll_interval_s=0.2, consumer_ack_wait_s=2, **own)
-        )
-        async with serve(goals_app) as goals, serve(checkins_app) as checkins:
-            yield await _build(goals, checkins)
-    finally:
-        nats_server.stop()
+    async with running(store_for(request, base), base, "goals", "checkins") as s:
+        yield await _build(s["goals"], s["checkins"])
 
 
 async def send(

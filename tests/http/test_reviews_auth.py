@@ -20,17 +20,11 @@ import httpx
 import jwt
 import pytest
 
-from services.checkins.main import CheckinsSettings
-from services.checkins.main import create_app as create_checkins
-from services.goals.main import GoalsSettings
-from services.goals.main import create_app as create_goals
-from services.reviews.main import ReviewsSettings
-from services.reviews.main import create_app as create_reviews
-from tests.conftest import ADMIN_URL, REQUIRE_POSTGRES
 from tests.http.checkins_helpers import caught_up, check_in, plan
 from tests.http.helpers import anonymous, assert_problem, create_cycle, create_objective, stored
 from tests.http.reviews_helpers import open_review, synced
-from tests.support import SECRET, NatsServer, RunningService, auth, declare_stream, serve, token
+from tests.support import SECRET, RunningService, auth, token
+from tests.system import STORES, running, store_for
 
 
 @dataclass
@@ -49,26 +43,6 @@ class World:
         for name in ("cycle", "next_cycle", "objective", "kr", "review", "ready"):
             text = text.replace("{" + name + "}", getattr(self, name))
         return text
-
-
-def _store(request: pytest.FixtureRequest, base: Any) -> dict[str, Any]:
-    """Like the `store` fixture of conftest, for services shared by the module's cases."""
-    if request.param == "sqlite":
-        return {"data_dir": base / "data"}
-    url = request.getfixturevalue("postgres_url")
-    if url is None:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL is required (OKR_REQUIRE_POSTGRES) but {ADMIN_URL} is down")
-        pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}")
-    schema = "t_" + uuid.uuid4().hex[:12]
-    return {"data_dir": base / "data", "database_url": url, "database_schema": schema}
-
-
-def _own(store: dict[str, Any], suffix: str) -> dict[str, Any]:
-    own = {**store}
-    if "database_schema" in own:
-        own["database_schema"] += suffix
-    return own
 
 
 async def _build(goals: RunningService, checkins: RunningService, reviews: RunningService) -> World:
@@ -102,31 +76,13 @@ async def _build(goals: RunningService, checkins: RunningService, reviews: Runni
     )
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=STORES)
 async def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
     base = tmp_path_factory.mktemp("reviews-auth")
-    store = _store(request, base)
-    nats_server = NatsServer(base / "nats")
-    nats_server.start()
-    try:
-        await declare_stream(nats_server.url)
-        common = {"jwt_secret": SECRET, "nats_url": nats_server.url, "relay_poll_interval_s": 0.05}
-        consuming = {**common, "consumer_poll_interval_s": 0.2, "consumer_ack_wait_s": 2}
-        goals_app = create_goals(GoalsSettings(**common, **store))
-        checkins_app = create_checkins(CheckinsSettings(**consuming, **_own(store, "_checkins")))
-        reviews_app = create_reviews(ReviewsSettings(**consuming, **_own(store, "_reviews")))
-        async with (
-            serve(goals_app) as goals,
-            serve(checkins_app) as checkins,
-            serve(reviews_app) as reviews,
-        ):
-            yield await _build(goals, checkins, reviews)
-    finally:
-        nats_server.stop()
+    async with running(store_for(request, base), base, "goals", "checkins", "reviews") as s:
+        yield await _build(s["goals"], s["checkins"], s["reviews"])
 
 
 # --- tokens -------------------------------------------------------------------------------
