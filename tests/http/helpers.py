@@ -4,11 +4,16 @@ stored, check problem details."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import threading
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import httpx
 
+from shared.domain import CommandContext, NotFound
 from tests.support import RunningService
 
 PROBLEM_JSON = "application/problem+json"
@@ -146,3 +151,94 @@ async def get_json(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
 def anonymous(svc: RunningService) -> httpx.AsyncClient:
     """A client for `svc` that sends no Authorization header."""
     return httpx.AsyncClient(base_url=svc.base_url, timeout=20)
+
+
+# --- commands sent with placeholders, refusals, replays ----------------------------------
+
+
+class Fillable(Protocol):
+    def fill(self, text: str) -> str: ...
+
+
+async def send(
+    svc: RunningService,
+    ids: Fillable,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """Send `body` (as JSON) or `raw` to `svc`, with `ids` filled into its placeholders."""
+    content = None
+    if raw is not None:
+        content = ids.fill(raw.decode()).encode()
+    elif body is not None:
+        content = ids.fill(json.dumps(body)).encode()
+    return await svc.client.request(
+        method,
+        ids.fill(path),
+        content=content,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+async def assert_refused(
+    svc: RunningService,
+    ids: Fillable,
+    method: str,
+    path: str,
+    body: Any,
+    field: str | None,
+    status: int = 422,
+    **kw: Any,
+) -> dict[str, Any]:
+    """The command is refused with a problem naming `field`, and nothing is stored."""
+    before = await stored(svc)
+    r = await send(svc, ids, method, path, body, **kw)
+    problem = assert_problem(r, status)
+    if field is not None:
+        assert field in error_fields(problem), problem
+    assert await stored(svc) == before
+    return problem
+
+
+def assert_replay(retry: httpx.Response, first: httpx.Response) -> None:
+    assert (retry.status_code, retry.json()) == (first.status_code, first.json()), retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["etag"] == first.headers["etag"]
+    assert retry.headers.get("location") == first.headers.get("location")
+
+
+@contextlib.asynccontextmanager
+async def writer_paused(svc: RunningService) -> AsyncIterator[Any]:
+    """Hold the service's writer thread on a command of ours, so that the commands sent
+    meanwhile queue up and are then run as one batch. Yields a coroutine function that waits
+    until `n` commands are queued."""
+    release = threading.Event()
+    running = threading.Event()
+    writer = svc.runtime.writer
+
+    def hold(uow: Any) -> Any:
+        running.set()
+        release.wait(10)
+        raise NotFound("nothing: this command only held the writer")
+
+    context = CommandContext(actor="test", correlation_id="hold", causation_id="hold")
+    held = asyncio.ensure_future(writer.execute(hold, context))
+    await asyncio.to_thread(running.wait, 10)
+
+    async def queued(n: int) -> None:
+        for _ in range(500):
+            if writer._queue.qsize() >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"only {writer._queue.qsize()} of {n} commands reached the writer")
+
+    try:
+        yield queued
+    finally:
+        release.set()
+        with contextlib.suppress(NotFound):
+            await held

@@ -7,23 +7,20 @@ The route x token matrix shares one pair of running services per store (a module
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 import uuid
-import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 
 from tests.http.checkins_helpers import check_in, check_in_body, meeting_body, plan
+from tests.http.forged import BAD_AUTHORIZATION
 from tests.http.helpers import anonymous, assert_problem, stored
-from tests.support import SECRET, RunningService, auth, token
+from tests.support import RunningService, auth
 from tests.system import STORES, running, store_for
 
 TODAY = datetime.now(UTC).date()
@@ -69,61 +66,6 @@ async def world(
 
 # --- tokens -------------------------------------------------------------------------------
 
-
-def _b64url(data: dict) -> str:
-    raw = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims = {"sub": "alice", "iat": now, "exp": now + 3600, **overrides}
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def alg_none_token() -> str:
-    return f"{_b64url({'alg': 'none', 'typ': 'JWT'})}.{_b64url(_claims())}."
-
-
-def signed(secret: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
-    return jwt.encode(_claims(**claims), secret, algorithm=algorithm)
-
-
-def hs512_token() -> str:
-    """Signed with the right secret, but not with the one algorithm the services accept."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PyJWT finds the secret short for SHA-512
-        return signed(algorithm="HS512")
-
-
-def tampered_token() -> str:
-    """A valid token whose payload was swapped for another subject's: the signature fails."""
-    header, _, signature = token("alice").split(".")
-    return f"{header}.{_b64url(_claims(sub='admin'))}.{signature}"
-
-
-# None: no Authorization header at all.
-BAD_AUTHORIZATION: dict[str, Callable[[], str | None]] = {
-    "no token": lambda: None,
-    "empty header": lambda: "",
-    "Basic scheme": lambda: "Basic YWxpY2U6c2VjcmV0",
-    "Bearer without token": lambda: "Bearer",
-    "token without scheme": lambda: token("alice"),
-    "garbage": lambda: "Bearer not-a-jwt",
-    "garbage in three parts": lambda: "Bearer aaa.bbb.ccc",
-    "bad signature (another key)": lambda: (
-        f"Bearer {signed('another-secret-that-is-long-enough-for-hs256-xyz')}"
-    ),
-    "bad signature (payload swapped)": lambda: f"Bearer {tampered_token()}",
-    "alg none": lambda: f"Bearer {alg_none_token()}",
-    "HS512": lambda: f"Bearer {hs512_token()}",
-    "expired": lambda: f"Bearer {token('alice', ttl_s=-100)}",
-    "no sub": lambda: f"Bearer {signed(sub=None)}",
-    "blank sub": lambda: f"Bearer {token('   ')}",
-    "sub too long": lambda: f"Bearer {token('a' * 201)}",
-    "no exp": lambda: f"Bearer {signed(exp=None)}",
-    "token over 8 KiB": lambda: f"Bearer {signed(pad='x' * 9000)}",
-}
 
 UNKNOWN = str(uuid.uuid4())
 

@@ -23,11 +23,13 @@ from tests.http.checkins_helpers import caught_up, check_in, check_in_body, meet
 from tests.http.helpers import (
     add_key_result,
     assert_problem,
+    assert_refused,
     close_cycle,
     create_cycle,
     create_objective,
     error_fields,
     get_json,
+    send,
     stored,
 )
 from tests.support import RunningService
@@ -123,41 +125,6 @@ async def world(
     base = tmp_path_factory.mktemp("checkins-validation")
     async with running(store_for(request, base), base, "goals", "checkins") as s:
         yield await _build(s["goals"], s["checkins"])
-
-
-async def send(
-    world: World,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    raw: bytes | None = None,
-    headers: dict[str, Any] | None = None,
-) -> httpx.Response:
-    """Send `body` (as JSON) or `raw` with the world's ids in place of its placeholders."""
-    content = None
-    if raw is not None:
-        content = world.fill(raw.decode()).encode()
-    elif body is not None:
-        content = world.fill(json.dumps(body)).encode()
-    return await world.checkins.client.request(
-        method,
-        world.fill(path),
-        content=content,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-
-
-async def assert_refused(
-    world: World, method: str, path: str, body: Any, field: str | None, status: int = 422, **kw
-) -> dict[str, Any]:
-    before = await stored(world.checkins)
-    r = await send(world, method, path, body, **kw)
-    problem = assert_problem(r, status)
-    if field is not None:
-        assert field in error_fields(problem), problem
-    assert await stored(world.checkins) == before
-    return problem
 
 
 async def read(world: World, path: str) -> dict[str, Any]:
@@ -472,32 +439,32 @@ NOTHING_TO_DO = {
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(MISSING))
 async def test_missing_field(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.checkins, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(WRONG_TYPE))
 async def test_wrong_type(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.checkins, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(OUT_OF_RANGE))
 async def test_out_of_range(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.checkins, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(UNKNOWN_FIELD))
 async def test_unknown_field(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.checkins, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(BLANK))
 async def test_blank_text(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.checkins, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(NOTHING_TO_DO))
 async def test_command_that_says_nothing(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.checkins, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(
@@ -521,7 +488,7 @@ async def test_command_that_says_nothing(world, method, path, body, field):
     ],
 )
 async def test_non_number_value_is_refused(world, path, body):
-    await assert_refused(world, "POST", path, body, "value")
+    await assert_refused(world.checkins, world, "POST", path, body, "value")
 
 
 # --- rules of the state: 404 and 409 ------------------------------------------------------
@@ -611,7 +578,7 @@ async def test_refused_by_the_state(world, method, path, body, status):
         body = check_in_body()
     if status == 404:
         await catalogue_current(world)
-    await assert_refused(world, method, path, body, None, status)
+    await assert_refused(world.checkins, world, method, path, body, None, status)
 
 
 async def test_refused_values_leave_aggregates_unchanged(world):
@@ -619,10 +586,10 @@ async def test_refused_values_leave_aggregates_unchanged(world):
     before = await get_json(world.checkins.client, f"/v1/key-results/{world.kr}/progress")
     tables = [MISSING, WRONG_TYPE, OUT_OF_RANGE, UNKNOWN_FIELD, BLANK, NOTHING_TO_DO]
     for method, path, body, _ in [case for table in tables for case in table.values()]:
-        r = await send(world, method, path, body)
+        r = await send(world.checkins, world, method, path, body)
         assert 400 <= r.status_code < 500, r.text
     for method, path, body, _ in STATE.values():
-        r = await send(world, method, path, body or check_in_body())
+        r = await send(world.checkins, world, method, path, body or check_in_body())
         assert 400 <= r.status_code < 500, r.text
     client = world.checkins.client
     entry = await read(world, f"/v1/check-ins/{world.check_in}")
@@ -665,7 +632,7 @@ NON_FINITE = {
 
 @pytest.mark.parametrize(("path", "raw", "field"), _cases(NON_FINITE))
 async def test_nan_and_infinity(world, path, raw, field):
-    await assert_refused(world, "POST", path, None, field, raw=raw)
+    await assert_refused(world.checkins, world, "POST", path, None, field, raw=raw)
 
 
 COMMANDS = {
@@ -686,7 +653,7 @@ MALFORMED = {
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
 @pytest.mark.parametrize("raw", list(MALFORMED.values()), ids=list(MALFORMED))
 async def test_malformed_json_is_400(world, method, path, raw):
-    await assert_refused(world, method, path, None, None, 400, raw=raw)
+    await assert_refused(world.checkins, world, method, path, None, None, 400, raw=raw)
 
 
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
@@ -701,12 +668,14 @@ async def test_missing_body(world, method, path):
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
 async def test_body_over_64_kib_is_413(world, method, path):
     huge = {"note": "x" * (65 * 1024)}
-    await assert_refused(world, method, path, huge, None, 413)
+    await assert_refused(world.checkins, world, method, path, huge, None, 413)
 
 
 async def test_body_just_under_the_limit_is_not_413(world):
     # 60 KiB of note: over the 5000-character field limit (422), but not too large.
-    await assert_refused(world, "POST", CHECK_IN, check_in_body(note="x" * (60 * 1024)), "note")
+    await assert_refused(
+        world.checkins, world, "POST", CHECK_IN, check_in_body(note="x" * (60 * 1024)), "note"
+    )
 
 
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
@@ -751,7 +720,9 @@ BAD_IF_MATCH = {
 )
 @pytest.mark.parametrize("value", list(BAD_IF_MATCH.values()), ids=list(BAD_IF_MATCH))
 async def test_bad_if_match_is_422(world, method, path, body, value):
-    await assert_refused(world, method, path, body, "If-Match", headers={"If-Match": value})
+    await assert_refused(
+        world.checkins, world, method, path, body, "If-Match", headers={"If-Match": value}
+    )
 
 
 BAD_HEADERS = {
@@ -767,7 +738,7 @@ BAD_HEADERS = {
 @pytest.mark.parametrize(("method", "path", "body"), _cases(VALID))
 @pytest.mark.parametrize(("header", "value"), _cases(BAD_HEADERS))
 async def test_bad_context_headers_are_422(world, method, path, body, header, value):
-    await assert_refused(world, method, path, body, header, headers={header: value})
+    await assert_refused(world.checkins, world, method, path, body, header, headers={header: value})
 
 
 BAD_MIN_POSITION = {
@@ -788,7 +759,7 @@ BAD_MIN_POSITION = {
 @pytest.mark.parametrize("value", list(BAD_MIN_POSITION.values()), ids=list(BAD_MIN_POSITION))
 async def test_bad_min_position_is_422(world, method, path, body, value):
     query = httpx.QueryParams({"min_position": value})
-    problem = await assert_refused(world, method, f"{path}?{query}", body, None)
+    problem = await assert_refused(world.checkins, world, method, f"{path}?{query}", body, None)
     # "min_position", or "min_position.0" where the parameter may be repeated.
     fields_named = [f.split(".")[0] for f in error_fields(problem)]
     assert "min_position" in fields_named, problem
@@ -806,7 +777,7 @@ BAD_QUERY = {
 
 @pytest.mark.parametrize(("query", "field"), _cases(BAD_QUERY))
 async def test_bad_page_query_is_422(world, query, field):
-    r = await send(world, "GET", f"{CHECK_IN}?{query}")
+    r = await send(world.checkins, world, "GET", f"{CHECK_IN}?{query}")
     assert field in error_fields(assert_problem(r, 422))
 
 
@@ -825,14 +796,18 @@ ROUTES = {
 
 @pytest.mark.parametrize(("method", "path", "body"), _cases(ROUTES))
 async def test_non_uuid_id_is_422(world, method, path, body):
-    problem = await assert_refused(world, method, path.format(id="not-a-uuid"), body, None)
+    problem = await assert_refused(
+        world.checkins, world, method, path.format(id="not-a-uuid"), body, None
+    )
     assert any("id" in f for f in error_fields(problem)), problem
 
 
 @pytest.mark.parametrize(("method", "path", "body"), _cases(ROUTES))
 async def test_unknown_id_is_404(world, method, path, body):
     await catalogue_current(world)
-    problem = await assert_refused(world, method, path.format(id=UNKNOWN), body, None, 404)
+    problem = await assert_refused(
+        world.checkins, world, method, path.format(id=UNKNOWN), body, None, 404
+    )
     assert UNKNOWN in problem["detail"]
 
 

@@ -9,8 +9,6 @@ of its own and counts what the review service stores before and after.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,9 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.domain import CommandContext, NotFound
 from tests.http.checkins_helpers import Plan, caught_up, check_in, plan
-from tests.http.helpers import add_key_result, assert_problem, create_objective, etag, stored
+from tests.http.helpers import (
+    add_key_result,
+    assert_problem,
+    assert_replay,
+    create_objective,
+    etag,
+    stored,
+    writer_paused,
+)
 from tests.http.reviews_helpers import synced
 from tests.support import RunningService, auth
 from tests.system import STORES, running, store_for
@@ -89,46 +94,6 @@ def assert_answer(r: httpx.Response, status: int, version: int, position: int) -
     assert body["position"] == f"reviews:{position}", body
     assert r.headers["etag"] == etag(version)
     return body
-
-
-def assert_replay(retry: httpx.Response, first: httpx.Response) -> None:
-    assert (retry.status_code, retry.json()) == (first.status_code, first.json()), retry.text
-    assert retry.headers["idempotent-replayed"] == "true"
-    assert retry.headers["etag"] == first.headers["etag"]
-    assert retry.headers.get("location") == first.headers.get("location")
-
-
-@contextlib.asynccontextmanager
-async def writer_paused(svc: RunningService) -> AsyncIterator[Any]:
-    """Hold the service's writer thread on a command of ours, so that the commands sent
-    meanwhile queue up and are then run as one batch. Yields a coroutine function that waits
-    until `n` commands are queued."""
-    release = threading.Event()
-    running = threading.Event()
-    writer = svc.runtime.writer
-
-    def hold(uow: Any) -> Any:
-        running.set()
-        release.wait(10)
-        raise NotFound("nothing: this command only held the writer")
-
-    context = CommandContext(actor="test", correlation_id="hold", causation_id="hold")
-    held = asyncio.ensure_future(writer.execute(hold, context))
-    await asyncio.to_thread(running.wait, 10)
-
-    async def queued(n: int) -> None:
-        for _ in range(500):
-            if writer._queue.qsize() >= n:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"only {writer._queue.qsize()} of {n} commands reached the writer")
-
-    try:
-        yield queued
-    finally:
-        release.set()
-        with contextlib.suppress(NotFound):
-            await held
 
 
 # --- retries ------------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from tests.http.checkins_helpers import caught_up, check_in, plan
 from tests.http.helpers import (
     add_key_result,
     assert_problem,
+    assert_refused,
     create_cycle,
     create_objective,
     error_fields,
     get_json,
+    send,
     stored,
 )
 from tests.http.reviews_helpers import open_review, synced
@@ -92,41 +94,6 @@ async def world(
     base = tmp_path_factory.mktemp("reviews-validation")
     async with running(store_for(request, base), base, "goals", "checkins", "reviews") as s:
         yield await _build(s["goals"], s["checkins"], s["reviews"])
-
-
-async def send(
-    world: World,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    raw: bytes | None = None,
-    headers: dict[str, Any] | None = None,
-) -> httpx.Response:
-    """Send `body` (as JSON) or `raw` with the world's ids in place of its placeholders."""
-    content = None
-    if raw is not None:
-        content = world.fill(raw.decode()).encode()
-    elif body is not None:
-        content = world.fill(json.dumps(body)).encode()
-    return await world.reviews.client.request(
-        method,
-        world.fill(path),
-        content=content,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-
-
-async def assert_refused(
-    world: World, method: str, path: str, body: Any, field: str | None, status: int = 422, **kw
-) -> dict[str, Any]:
-    before = await stored(world.reviews)
-    r = await send(world, method, path, body, **kw)
-    problem = assert_problem(r, status)
-    if field is not None:
-        assert field in error_fields(problem), problem
-    assert await stored(world.reviews) == before
-    return problem
 
 
 async def catalogue_current(world: World) -> None:
@@ -337,32 +304,32 @@ BAD_CHOICE = {
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(MISSING))
 async def test_missing_field(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.reviews, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(WRONG_TYPE))
 async def test_wrong_type(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.reviews, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(OUT_OF_RANGE))
 async def test_out_of_range(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.reviews, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(UNKNOWN_FIELD))
 async def test_unknown_field(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.reviews, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(BLANK))
 async def test_blank_text(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.reviews, world, method, path, body, field)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), _cases(BAD_CHOICE))
 async def test_bad_kind_or_decision(world, method, path, body, field):
-    await assert_refused(world, method, path, body, field)
+    await assert_refused(world.reviews, world, method, path, body, field)
 
 
 # On spare_kr, whose suggested score is 0.0: false would pass as "the suggestion".
@@ -377,7 +344,9 @@ NOT_A_NUMBER = {
 
 @pytest.mark.parametrize("body", list(NOT_A_NUMBER.values()), ids=list(NOT_A_NUMBER))
 async def test_score_that_is_not_a_json_number_is_refused(world, body):
-    await assert_refused(world, "PUT", "/v1/reviews/{review}/scores/{spare_kr}", body, "score")
+    await assert_refused(
+        world.reviews, world, "PUT", "/v1/reviews/{review}/scores/{spare_kr}", body, "score"
+    )
 
 
 @pytest.mark.parametrize(
@@ -390,7 +359,7 @@ async def test_score_that_is_not_a_json_number_is_refused(world, body):
 async def test_score_that_is_not_a_number_never_passes_silently(world, body):
     """Without a comment, on kr (suggested 0.4), a boolean or a string that isn't the
     suggestion is at least refused — today on `comment` rather than on `score`."""
-    await assert_refused(world, "PUT", SCORE, body, None)
+    await assert_refused(world.reviews, world, "PUT", SCORE, body, None)
 
 
 # --- rules of the state that the rules tests leave out: unknown reviews, ids mixed up ---------
@@ -435,7 +404,7 @@ STATE = {
 async def test_refused_by_the_state(world, method, path, body, status):
     if status == 404:
         await catalogue_current(world)
-    await assert_refused(world, method, path, body, None, status)
+    await assert_refused(world.reviews, world, method, path, body, None, status)
 
 
 async def test_refused_values_leave_the_review_unchanged(world):
@@ -444,10 +413,10 @@ async def test_refused_values_leave_the_review_unchanged(world):
     tables = [MISSING, WRONG_TYPE, OUT_OF_RANGE, UNKNOWN_FIELD, BLANK, BAD_CHOICE]
     await catalogue_current(world)
     for method, path, body, _ in [case for table in tables for case in table.values()]:
-        r = await send(world, method, path, body)
+        r = await send(world.reviews, world, method, path, body)
         assert 400 <= r.status_code < 500, r.text
     for method, path, body, _ in STATE.values():
-        r = await send(world, method, path, body)
+        r = await send(world.reviews, world, method, path, body)
         assert 400 <= r.status_code < 500, r.text
     after = await get_json(world.reviews.client, f"/v1/reviews/{world.review}")
     assert after == before
@@ -475,7 +444,7 @@ NON_FINITE = {
 
 @pytest.mark.parametrize(("method", "path", "raw", "field"), _cases(NON_FINITE))
 async def test_nan_and_infinity(world, method, path, raw, field):
-    await assert_refused(world, method, path, None, field, raw=raw)
+    await assert_refused(world.reviews, world, method, path, None, field, raw=raw)
 
 
 # Commands that read a body.
@@ -498,7 +467,7 @@ MALFORMED = {
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
 @pytest.mark.parametrize("raw", list(MALFORMED.values()), ids=list(MALFORMED))
 async def test_malformed_json_is_400(world, method, path, raw):
-    await assert_refused(world, method, path, None, None, 400, raw=raw)
+    await assert_refused(world.reviews, world, method, path, None, None, 400, raw=raw)
 
 
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
@@ -516,12 +485,14 @@ ALL_COMMANDS = {**COMMANDS, "finalise": ("POST", FINALISE)}
 @pytest.mark.parametrize(("method", "path"), _cases(ALL_COMMANDS))
 async def test_body_over_64_kib_is_413(world, method, path):
     huge = {"text": "x" * (65 * 1024)}
-    await assert_refused(world, method, path, huge, None, 413)
+    await assert_refused(world.reviews, world, method, path, huge, None, 413)
 
 
 async def test_body_just_under_the_limit_is_not_413(world):
     # 60 KiB of text: over the 5000-character field limit (422), but not too large.
-    await assert_refused(world, "POST", REFLECT, reflection(text="x" * (60 * 1024)), "text")
+    await assert_refused(
+        world.reviews, world, "POST", REFLECT, reflection(text="x" * (60 * 1024)), "text"
+    )
 
 
 @pytest.mark.parametrize(("method", "path"), _cases(COMMANDS))
@@ -566,12 +537,20 @@ BAD_IF_MATCH = {
 )
 @pytest.mark.parametrize("value", list(BAD_IF_MATCH.values()), ids=list(BAD_IF_MATCH))
 async def test_bad_if_match_is_422(world, method, path, body, value):
-    await assert_refused(world, method, path, body, "If-Match", headers={"If-Match": value})
+    await assert_refused(
+        world.reviews, world, method, path, body, "If-Match", headers={"If-Match": value}
+    )
 
 
 async def test_bad_if_match_on_opening_is_422(world):
     await assert_refused(
-        world, "POST", OPEN, opening(team="data"), "If-Match", headers={"If-Match": "abc"}
+        world.reviews,
+        world,
+        "POST",
+        OPEN,
+        opening(team="data"),
+        "If-Match",
+        headers={"If-Match": "abc"},
     )
 
 
@@ -590,7 +569,7 @@ BAD_HEADERS = {
 @pytest.mark.parametrize(("method", "path", "body"), _cases(VALID))
 @pytest.mark.parametrize(("header", "value"), _cases(BAD_HEADERS))
 async def test_bad_context_headers_are_422(world, method, path, body, header, value):
-    await assert_refused(world, method, path, body, header, headers={header: value})
+    await assert_refused(world.reviews, world, method, path, body, header, headers={header: value})
 
 
 BAD_MIN_POSITION = {
@@ -614,7 +593,7 @@ BAD_MIN_POSITION = {
 @pytest.mark.parametrize("values", list(BAD_MIN_POSITION.values()), ids=list(BAD_MIN_POSITION))
 async def test_bad_min_position_is_422(world, method, path, body, values):
     query = httpx.QueryParams([("min_position", v) for v in values])
-    problem = await assert_refused(world, method, f"{path}?{query}", body, None)
+    problem = await assert_refused(world.reviews, world, method, f"{path}?{query}", body, None)
     # "min_position", or "min_position.0" where the parameter may be repeated.
     fields_named = [f.split(".")[0] for f in error_fields(problem)]
     assert "min_position" in fields_named, problem
@@ -642,14 +621,18 @@ NOT_UUIDS = {
 @pytest.mark.parametrize(("method", "path", "body"), _cases(ROUTES))
 @pytest.mark.parametrize("value", list(NOT_UUIDS.values()), ids=list(NOT_UUIDS))
 async def test_non_uuid_id_is_422(world, method, path, body, value):
-    problem = await assert_refused(world, method, path.replace("{id}", value), body, None)
+    problem = await assert_refused(
+        world.reviews, world, method, path.replace("{id}", value), body, None
+    )
     assert any("id" in f for f in error_fields(problem)), problem
 
 
 async def test_team_in_the_path_is_bounded(world):
-    r = await send(world, "GET", "/v1/cycles/{cycle}/teams/" + "t" * 201 + "/review")
+    r = await send(world.reviews, world, "GET", "/v1/cycles/{cycle}/teams/" + "t" * 201 + "/review")
     assert "team" in error_fields(assert_problem(r, 422))
-    assert_problem(await send(world, "GET", f"/v1/cycles/{UNKNOWN}/teams/platform/review"), 404)
+    assert_problem(
+        await send(world.reviews, world, "GET", f"/v1/cycles/{UNKNOWN}/teams/platform/review"), 404
+    )
 
 
 async def test_unknown_route_and_method_are_problems(world):
@@ -759,7 +742,7 @@ async def test_decisions_accepted(world, body, decided, carried):
     payload = {"objective_id": world.objective, **body}
     if body.get("next_cycle_id") == "{NEXT_CYCLE}":
         payload["next_cycle_id"] = world.next_cycle.upper()
-    r = await send(world, "POST", DECIDE, payload)
+    r = await send(world.reviews, world, "POST", DECIDE, payload)
     assert r.status_code == 200, r.text
     objective = next(
         o for o in (await review_of(world))["objectives"] if o["objective_id"] == world.objective
