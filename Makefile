@@ -15,12 +15,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Independent AsyncAPI validator (Node.js, @asyncapi/parser): node tools/asyncapi/validate.mjs FILE...
+ASYNCAPI_TOOL_STAMP := tools/asyncapi/node_modules/.installed
+
+.PHONY: asyncapi-tool
+
+$(ASYNCAPI_TOOL_STAMP): tools/asyncapi/package-lock.json
+	npm ci --prefix tools/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(ASYNCAPI_TOOL_STAMP)
+
+asyncapi-tool: $(ASYNCAPI_TOOL_STAMP)
+
 ## Start the whole system on the embedded default (SQLite stores, local nats-server if needed).
 run: $(STAMP)
 	$(PY) -m shared run
 
-## Run the whole test suite (PostgreSQL tests run when PostgreSQL is reachable).
-test: $(STAMP)
+## Run the whole test suite (PostgreSQL tests run when PostgreSQL is reachable; the AsyncAPI
+## check runs when npm is there to install its validator).
+test: $(STAMP) $(if $(shell command -v npm),$(ASYNCAPI_TOOL_STAMP))
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## The lint gate CI runs too.

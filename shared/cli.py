@@ -1,4 +1,4 @@
-"""The `okr` command: run the system, mint tokens, declare the stream."""
+"""The `okr` command: run the system, mint tokens, declare the stream, write the contract."""
 
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def _stream(_: argparse.Namespace) -> int:
     return 0
 
 
+def _contract(args: argparse.Namespace) -> int:
+    from shared.contract import documents
+
+    if args.check:
+        found = documents.differences()
+        for line in found:
+            print(line, file=sys.stderr)
+        if found:
+            print("run `python -m shared contract` and commit docs/contract/", file=sys.stderr)
+        return 1 if found else 0
+    for name in documents.write():
+        print(f"wrote docs/contract/{name}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from shared.launcher import run
 
@@ -60,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     stream = commands.add_parser("stream", help="create or update the JetStream stream")
     stream.set_defaults(func=_stream)
+
+    contract = commands.add_parser(
+        "contract", help="write the event contract (JSON Schemas, AsyncAPI) to docs/contract/"
+    )
+    contract.add_argument("--check", action="store_true", help="only say what differs")
+    contract.set_defaults(func=_contract)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -15,7 +15,8 @@ store, together with what it needs to recognise them again:
 
 Only after that transaction commits are the messages acknowledged. A crash between commit and
 ack means a redelivery, which the versions turn into a no-op. A message that is not a valid
-envelope, or whose data the projector cannot use, is terminated (`term`: JetStream stops
+envelope, has a type the contract (`shared.contract.events`) does not know, data that breaks
+its published schema, or data the projector cannot use, is terminated (`term`: JetStream stops
 redelivering it and emits a MSG_TERMINATED advisory), counted and logged: it never blocks the
 stream. A store that is down makes the whole batch come again later.
 """
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import orjson
+import pydantic
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from nats.aio.msg import Msg
@@ -41,6 +43,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
 from shared.nats import NatsLink
 from shared.settings import DEFAULT_PORTS, ServiceSettings
@@ -84,7 +87,8 @@ class InvalidMessage(Exception):
 
 @dataclass(frozen=True)
 class Received:
-    """A validated CloudEvents envelope (DESIGN §4) as it came off the stream."""
+    """A validated CloudEvents envelope (DESIGN §4) as it came off the stream. An older
+    version of an event type arrives lifted: `type` and `data` are the current version's."""
 
     id: str
     source: str
@@ -170,10 +174,20 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
     sequence = _positive(body, "sequence")
     if msg_id is not None and msg_id != f"{source}:{sequence}":
         raise InvalidMessage(f"Nats-Msg-Id {msg_id!r} does not match {source}:{sequence}")
+    # The data must match the published schema of its type; an older version is lifted to
+    # the current one, so projectors only ever see the latest shape.
+    try:
+        latest, data = check_data(event_type, data)
+    except UnknownEventType as e:
+        raise InvalidMessage(str(e)) from e
+    except pydantic.ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidMessage(f"{event_type}: data.{where}: {error['msg']}") from e
     return Received(
         id=_text(body, "id", 64),
         source=source,
-        type=event_type,
+        type=latest.type,
         aggregate_id=aggregate_id,
         aggregate_version=_positive(body, "aggregateversion"),
         sequence=sequence,

@@ -16,6 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import event
 
+from shared.contract.upcasts import MEETING_LISTS, team_check_in_amended_v1_v2
 from shared.domain import InvalidValue, OkrAggregate, RuleBroken, check
 
 # Aggregate ids here are derived, never shared with the goals service's aggregates: one id is
@@ -25,7 +26,7 @@ MEETING_NAMESPACE = uuid5(NAMESPACE_URL, "https://okr.example/checkins/team-chec
 
 MAX_LIST_ITEMS = 50
 MAX_ITEM_LENGTH = 1000
-LISTS = ("wins", "learnings", "blockers", "priorities")
+LISTS = MEETING_LISTS
 
 
 def progress_id_for(key_result_id: UUID) -> UUID:
@@ -330,38 +331,29 @@ class TeamCheckIn(OkrAggregate):
             "A meeting records at least one win, learning, blocker or priority",
             "wins",
         )
-        self._amended(
-            wins=changed.get("wins"),
-            learnings=changed.get("learnings"),
-            blockers=changed.get("blockers"),
-            priorities=changed.get("priorities"),
-            previous_wins=self.wins if "wins" in changed else None,
-            previous_learnings=self.learnings if "learnings" in changed else None,
-            previous_blockers=self.blockers if "blockers" in changed else None,
-            previous_priorities=self.priorities if "priorities" in changed else None,
+        self.trigger_event(
+            self.Amended,
+            changes={
+                name: {"from": list(getattr(self, name)), "to": changed[name]}
+                for name in LISTS
+                if name in changed
+            },
             reason=reason,
         )
         return True
 
-    @event("Amended")
-    def _amended(
-        self,
-        wins: list[str] | None,
-        learnings: list[str] | None,
-        blockers: list[str] | None,
-        priorities: list[str] | None,
-        previous_wins: list[str] | None,
-        previous_learnings: list[str] | None,
-        previous_blockers: list[str] | None,
-        previous_priorities: list[str] | None,
-        reason: str,
-    ) -> None:
-        for name, items in (
-            ("wins", wins),
-            ("learnings", learnings),
-            ("blockers", blockers),
-            ("priorities", priorities),
-        ):
-            if items is not None:
-                setattr(self, name, list(items))
-        self.amendments += 1
+    class Amended(OkrAggregate.Event):
+        """Only the lists that changed, each `{from, to}` (version 2; see the upcast)."""
+
+        class_version = 2
+        changes: dict[str, dict[str, list[str]]]
+        reason: str
+
+        # Version 1 carried all four lists with null for "unchanged"; stored v1 events are
+        # lifted on read, the same way consumers lift v1 messages from the stream.
+        upcast_v1_v2 = staticmethod(team_check_in_amended_v1_v2)
+
+        def apply(self, aggregate: Any) -> None:
+            for name, change in self.changes.items():
+                setattr(aggregate, name, list(change["to"]))
+            aggregate.amendments += 1

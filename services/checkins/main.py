@@ -9,11 +9,12 @@ from services.checkins.application import CheckinsApplication
 from services.checkins.http import routers
 from shared.catalogue import Catalogue
 from shared.consumer import Consumer, Inbox
+from shared.contract import SUBSCRIPTIONS
 from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
 from shared.sql import Database
 
-CATALOGUE_CONSUMER = "catalogue"
+CATALOGUE_CONSUMER, CATALOGUE_SUBJECTS = SUBSCRIPTIONS["checkins"]
 
 
 class CheckinsSettings(ServiceSettings):
@@ -37,7 +38,7 @@ def _wire(runtime: Runtime) -> None:
         CATALOGUE_CONSUMER,
         runtime.link,
         Inbox(Database(runtime.app), CATALOGUE_CONSUMER, catalogue),
-        ["okr.goals.>"],
+        CATALOGUE_SUBJECTS,
     )
     catalogue.is_current = lambda: consumer.current
     runtime.consumers.append(consumer)

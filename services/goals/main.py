@@ -9,10 +9,11 @@ from services.goals.application import GoalsApplication
 from services.goals.http import routers
 from services.goals.policies import CarryOver
 from shared.consumer import Consumer, ProcessInbox
+from shared.contract import SUBSCRIPTIONS
 from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
 
-CARRY_OVER_CONSUMER = "carry-over"
+CARRY_OVER_CONSUMER, CARRY_OVER_SUBJECTS = SUBSCRIPTIONS["goals"]
 
 
 class GoalsSettings(ServiceSettings):
@@ -34,7 +35,9 @@ def _wire(runtime: Runtime) -> None:
     assert isinstance(app, GoalsApplication)
     inbox = ProcessInbox(app, CARRY_OVER_CONSUMER, CarryOver(app), on_saved=runtime.relay.wake)
     runtime.consumers.append(
-        Consumer.for_service(settings, CARRY_OVER_CONSUMER, runtime.link, inbox, ["okr.reviews.>"])
+        Consumer.for_service(
+            settings, CARRY_OVER_CONSUMER, runtime.link, inbox, CARRY_OVER_SUBJECTS
+        )
     )
 
 

@@ -12,6 +12,7 @@ from services.projections.http import LiveViews, routers
 from services.projections.rebuild import ensure_generations, live_generation
 from services.projections.views import Tables, Views
 from shared.consumer import Consumer, Inbox
+from shared.contract import SUBSCRIPTIONS
 from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
 from shared.sql import Database
@@ -46,7 +47,9 @@ class ProjectionsSettings(ServiceSettings):
 def _consumer(runtime: Runtime, db: Database, tables: Tables) -> Consumer:
     """Every event of every service, through one durable consumer, into one generation."""
     inbox = Inbox(db, tables.consumer, Views(tables))
-    return Consumer.for_service(runtime.settings, tables.consumer, runtime.link, inbox, ["okr.>"])
+    return Consumer.for_service(
+        runtime.settings, tables.consumer, runtime.link, inbox, SUBSCRIPTIONS["projections"][1]
+    )
 
 
 def _wire(runtime: Runtime) -> None:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from services.projections.views import Tables, Views
 from shared.consumer import Consumer, Inbox
+from shared.contract import SUBSCRIPTIONS
 from shared.nats import NatsLink
 from shared.settings import ServiceSettings
 from shared.sql import Database
@@ -88,7 +89,11 @@ async def rebuild(
             await asyncio.to_thread(forget_generation, db, tables)
         total = (await js.stream_info(settings.stream_name)).state.messages
         consumer = Consumer.for_service(
-            settings, new.consumer, link, Inbox(db, new.consumer, Views(new)), ["okr.>"]
+            settings,
+            new.consumer,
+            link,
+            Inbox(db, new.consumer, Views(new)),
+            SUBSCRIPTIONS["projections"][1],
         )
         await consumer.start()
         bar = tqdm(

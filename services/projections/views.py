@@ -162,14 +162,12 @@ class Views:
         self.pos = self._committed_pos
 
     def apply(self, tx: Tx, event: Received) -> None:
-        handler = HANDLERS.get(event.name)
-        if handler is None:
-            effect = self._unknown(tx, event)
-        else:
-            try:
-                effect = handler(self, tx, event)
-            except (KeyError, TypeError, ValueError) as e:
-                raise InvalidMessage(f"{event.type}: {type(e).__name__}: {e}") from e
+        # parse() let only types of the contract through, and HANDLERS covers all of them.
+        handler = HANDLERS[event.name]
+        try:
+            effect = handler(self, tx, event)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidMessage(f"{event.type}: {type(e).__name__}: {e}") from e
         self.pos += 1
         at = utc(event.time)
         self._write(
@@ -226,10 +224,6 @@ class Views:
             f"INSERT INTO {self.t.history} VALUES (?, ?, ?, ?, ?, ?)",
             (kind, entity_id, cycle_id, at, self.pos, text),
         )
-
-    def _unknown(self, tx: Tx, event: Received) -> Effect:
-        """An event type this view does not know yet: audited, no state."""
-        return Effect("event", event.id, {}, generic_changes(event.data))
 
     # --- goals ----------------------------------------------------------------------------
 
@@ -390,7 +384,8 @@ class Views:
             changes = created_changes(data)
         else:
             state = before
-            changes = generic_changes(data)
+            # v2 (consumers lift v1 on receipt): only the lists that changed, each {from, to}.
+            changes = {name: dict(change) for name, change in data["changes"].items()}
             for field, change in changes.items():
                 state[field] = change["to"]
         return Effect(

@@ -10,11 +10,12 @@ from services.reviews.http import routers
 from services.reviews.progress import ProgressView
 from shared.catalogue import Catalogue
 from shared.consumer import Consumer, Inbox, Projectors
+from shared.contract import SUBSCRIPTIONS
 from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
 from shared.sql import Database
 
-READ_MODEL_CONSUMER = "catalogue"
+READ_MODEL_CONSUMER, READ_MODEL_SUBJECTS = SUBSCRIPTIONS["reviews"]
 
 
 class ReviewsSettings(ServiceSettings):
@@ -40,7 +41,7 @@ def _wire(runtime: Runtime) -> None:
         READ_MODEL_CONSUMER,
         runtime.link,
         Inbox(Database(runtime.app), READ_MODEL_CONSUMER, Projectors(catalogue, progress)),
-        ["okr.goals.>", "okr.checkins.>"],
+        READ_MODEL_SUBJECTS,
     )
     catalogue.is_current = lambda: consumer.current
     runtime.consumers.append(consumer)

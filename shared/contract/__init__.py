@@ -74,6 +74,16 @@ def carried_key_result_id(
     return uuid.uuid5(CARRY_OVER_NAMESPACE, f"key-result:{carried_objective}:{key_result_id}")
 
 
+# Who consumes what (durable consumer `<service>-<name>` on these subjects). The services
+# subscribe with exactly these, and the AsyncAPI document lists them.
+SUBSCRIPTIONS: dict[str, tuple[str, list[str]]] = {
+    "goals": ("carry-over", ["okr.reviews.>"]),
+    "checkins": ("catalogue", ["okr.goals.>"]),
+    "reviews": ("catalogue", ["okr.goals.>", "okr.checkins.>"]),
+    "projections": ("views", ["okr.>"]),
+}
+
+
 def public_data(event: Any) -> dict[str, Any]:
     """The event's own fields: everything but identity, time and the command context."""
     return {f.name: getattr(event, f.name) for f in fields(event) if f.name not in META_FIELDS}

@@ -4,14 +4,22 @@ over — then the next cycle holds the carried objective, starting where the las
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
+from shared.contract.events import LATEST
 from tests.e2e.launcher import launched
+from tests.support import read_stream
+
+CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract" / "schemas"
 
 pytestmark = pytest.mark.e2e
 
@@ -215,3 +223,93 @@ def test_a_whole_quarter(tmp_path: Path) -> None:
             json={"value": 61, "confidence": 7},
         )
         assert r.status_code == 409 and "closed" in r.json()["detail"], r.text
+
+        # The rest of an OKR's life in the next quarter, so that every kind of event occurs.
+        ok(goals.post(f"/v1/cycles/{q2}/start"))
+        platform = ok(
+            goals.post(
+                "/v1/objectives",
+                json={"cycle_id": q2, "title": "Faster pages", "owner": "cy", "team": "web"},
+            ),
+            201,
+        )["id"]
+        ok(
+            goals.patch(
+                f"/v1/objectives/{platform}",
+                json={
+                    "title": "Fast pages everywhere",
+                    "description": "p95 under a second",
+                    "owner": "di",
+                    "team": "growth",
+                    "parent_id": carried_id,
+                    "reason": "growth owns the funnel",
+                },
+            )
+        )
+        latency = ok(
+            goals.post(
+                f"/v1/objectives/{platform}/key-results",
+                json={
+                    "title": "p95 ms",
+                    "kind": "number",
+                    "start": 2400,
+                    "target": 900,
+                    "owner": "di",
+                },
+            ),
+            201,
+        )
+        ok(
+            goals.patch(
+                f"/v1/key-results/{latency['id']}",
+                json={"title": "p95 page load (ms)", "owner": "ed", "weight": 3},
+            )
+        )
+        check_in = ok(
+            checkins.post(
+                f"/v1/key-results/{latency['id']}/check-ins",
+                params={"min_position": latency["position"]},
+                json={"value": 2100, "confidence": 6},
+            ),
+            201,
+        )
+        ok(
+            checkins.post(
+                f"/v1/check-ins/{check_in['id']}/correct",
+                json={"value": 2000, "reason": "read the wrong dashboard"},
+            )
+        )
+        meeting = ok(
+            checkins.post(
+                "/v1/teams/growth/check-in-meetings",
+                json={
+                    "cycle_id": q2,
+                    "held_on": date.today().isoformat(),
+                    "wins": ["CDN in front of the API"],
+                    "priorities": ["Images"],
+                },
+            ),
+            201,
+        )
+        ok(
+            checkins.patch(
+                f"/v1/check-in-meetings/{meeting['id']}",
+                json={"learnings": ["Measure before caching"], "reason": "added after"},
+            )
+        )
+        ok(goals.post(f"/v1/key-results/{latency['id']}/remove", json={"reason": "replaced"}))
+        last = ok(goals.post(f"/v1/objectives/{platform}/archive", json={"reason": "merged"}))
+
+        # Every event of the scenario, read from NATS, matches its published JSON Schema.
+        ok(projections.get("/v1/audit", params={"min_position": [last["position"]]}))
+        messages = asyncio.run(read_stream(f"nats://127.0.0.1:{system.nats_port}", 1))
+        seen = set()
+        for message in messages:
+            envelope = json.loads(message.data)
+            schema = json.loads((CONTRACT / f"{envelope['type']}.json").read_text())
+            jsonschema.validate(envelope, schema, format_checker=jsonschema.FormatChecker())
+            declared = schema["$defs"][schema["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+            assert set(envelope["data"]) <= set(declared.get("properties", {})), envelope
+            seen.add(envelope["type"])
+        assert len(messages) > 40
+        assert seen == {spec.type for spec in LATEST.values()}, "a type no scenario step made"

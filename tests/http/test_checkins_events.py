@@ -141,7 +141,8 @@ async def test_check_in_events_on_nats(goals, checkins, checkins_settings):
         assert set(envelope) == ENVELOPE_KEYS, envelope
         assert envelope["specversion"] == "1.0"
         assert envelope["source"] == "okr/checkins"
-        assert envelope["type"] == f"{message.subject}.v1"
+        version = 2 if message.subject == f"{MEETING}.amended" else 1
+        assert envelope["type"] == f"{message.subject}.v{version}"
         assert envelope["datacontenttype"] == "application/json"
         assert type(envelope["sequence"]) is int and type(envelope["aggregateversion"]) is int
         assert message.headers["Nats-Msg-Id"] == f"okr/checkins:{envelope['sequence']}"
@@ -189,14 +190,10 @@ async def test_check_in_events_on_nats(goals, checkins, checkins_settings):
         "priorities": held_body["priorities"],
     }
     assert amendment == {
-        "wins": held_body["wins"] + ["Closed the export"],
-        "learnings": None,
-        "blockers": None,
-        "priorities": ["Ship the audit log"],
-        "previous_wins": held_body["wins"],
-        "previous_learnings": None,
-        "previous_blockers": None,
-        "previous_priorities": held_body["priorities"],
+        "changes": {
+            "wins": {"from": held_body["wins"], "to": held_body["wins"] + ["Closed the export"]},
+            "priorities": {"from": held_body["priorities"], "to": ["Ship the audit log"]},
+        },
         "reason": "forgot a win",
     }
 

@@ -209,8 +209,12 @@ def test_amending_replaces_lists_and_keeps_what_was_there() -> None:
     assert not meeting.amend({"wins": ["Shipped the importer", "Closed 12 tickets"]}, "again")
     events = list(meeting.collect_events())
     amended = events[-1]
-    assert amended.previous_wins == ["Shipped the importer"]  # type: ignore[attr-defined]
-    assert amended.learnings is None and amended.previous_learnings is None  # type: ignore[attr-defined]
+    assert amended.changes == {  # type: ignore[attr-defined]
+        "wins": {
+            "from": ["Shipped the importer"],
+            "to": ["Shipped the importer", "Closed 12 tickets"],
+        }
+    }
     assert meeting.amendments == 1
     with pytest.raises(InvalidValue):
         meeting.amend({"wins": [], "priorities": []}, "empty it")

@@ -3,7 +3,9 @@ trusted."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,6 +15,18 @@ from shared.consumer import InvalidMessage, parse
 
 SUBJECT = "okr.goals.key_result.defined"
 AGG = str(uuid.uuid4())
+DATA = {
+    "objective_id": str(uuid.uuid4()),
+    "cycle_id": str(uuid.uuid4()),
+    "title": "Weekly active teams",
+    "kind": "number",
+    "unit": "teams",
+    "start": 10,
+    "target": 40,
+    "weight": 1,
+    "owner": "alice",
+}
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def envelope(**overrides: Any) -> dict[str, Any]:
@@ -24,7 +38,7 @@ def envelope(**overrides: Any) -> dict[str, Any]:
         "subject": AGG,
         "time": "2027-01-04T09:00:00+00:00",
         "datacontenttype": "application/json",
-        "data": {"kind": "number"},
+        "data": DATA,
         "sequence": 7,
         "aggregateversion": 1,
         "actor": "alice",
@@ -49,7 +63,7 @@ def test_a_valid_envelope_is_read() -> None:
     assert received.aggregate_version == 1
     assert received.sequence == 7
     assert received.actor == "alice"
-    assert received.data == {"kind": "number"}
+    assert received.data == DATA
 
 
 @pytest.mark.parametrize(
@@ -75,6 +89,13 @@ def test_a_valid_envelope_is_read() -> None:
         ({"actor": "x" * 201}, "actor"),
         ({"correlationid": None}, "correlationid"),
         ({"id": 5}, "id"),
+        # The data must match the published schema of its type.
+        ({"data": {**DATA, "kind": "hours"}}, "data.kind"),
+        ({"data": {**DATA, "start": "10"}}, "data.start"),
+        ({"data": {k: v for k, v in DATA.items() if k != "owner"}}, "data.owner"),
+        ({"data": {**DATA, "objective_id": "o-1"}}, "data.objective_id"),
+        # A version the contract does not know.
+        ({"type": "okr.goals.key_result.defined.v7"}, "unknown event type"),
     ],
 )
 def test_an_envelope_that_breaks_the_contract_is_refused(
@@ -104,3 +125,51 @@ def test_what_is_not_an_envelope_is_refused(subject: str, payload: bytes) -> Non
 def test_a_message_id_naming_another_event_is_refused() -> None:
     with pytest.raises(InvalidMessage, match="Nats-Msg-Id"):
         parse(SUBJECT, encode(envelope()), "okr/goals:8")
+
+
+def test_a_type_the_contract_does_not_know_is_refused() -> None:
+    body = envelope(type="okr.goals.key_result.renamed.v1", data={"title": "x"})
+    with pytest.raises(InvalidMessage, match="unknown event type"):
+        parse("okr.goals.key_result.renamed", encode(body))
+
+
+def test_fields_added_later_are_ignored_not_refused() -> None:
+    """Additive changes keep the version: readers must tolerate fields they do not know."""
+    received = parse(SUBJECT, encode(envelope(data={**DATA, "colour": "teal"})))
+    assert received.data["colour"] == "teal"
+
+
+def test_a_version_1_message_arrives_lifted_to_version_2() -> None:
+    """`team_check_in.amended` v1 messages (still on the stream after the change) are read as
+    v2: only the changed lists, each from → to."""
+    published = json.loads((FIXTURES / "team_check_in_v1.json").read_text())["published"]
+    held, first, second = published
+    assert first["type"] == "okr.checkins.team_check_in.amended.v1"
+    subject = "okr.checkins.team_check_in.amended"
+
+    received = parse(subject, encode(first), f"okr/checkins:{first['sequence']}")
+    assert received.type == f"{subject}.v2"
+    assert received.version == 2
+    assert received.data == {
+        "changes": {
+            "blockers": {"from": [], "to": ["Waiting on security review"]},
+            "priorities": {"from": ["Cut p99"], "to": ["Cut p99", "Publish the schema"]},
+        },
+        "reason": "Added after the stand-up",
+    }
+    assert first["data"]["wins"] is None, "the message itself is left as it was"
+    assert parse(subject, encode(second)).data["changes"] == {
+        "wins": {
+            "from": ["Shipped the importer"],
+            "to": ["Shipped the importer", "Closed the audit finding"],
+        }
+    }
+    # A held meeting is unchanged by the versioning of its amendments.
+    assert parse("okr.checkins.team_check_in.held", encode(held)).type.endswith(".held.v1")
+
+
+def test_a_version_1_message_with_broken_data_is_refused_before_lifting() -> None:
+    first = json.loads((FIXTURES / "team_check_in_v1.json").read_text())["published"][1]
+    first["data"]["blockers"] = "not a list"
+    with pytest.raises(InvalidMessage, match=r"data\.blockers"):
+        parse("okr.checkins.team_check_in.amended", encode(first))
