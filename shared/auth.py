@@ -1,21 +1,33 @@
-"""Bearer JWT authentication: HS256 with the secret from settings, the algorithm pinned.
+"""Bearer JWT authentication.
 
-`sub` becomes the actor recorded on every event. A token without `sub` or `exp`, with another
-algorithm (including `none`), a bad signature or past its expiry is refused with 401.
+Two ways to verify a token, chosen by settings:
+
+- `SharedSecret`: HS256 with `OKR_JWT_SECRET` (local use; `okr token` mints these);
+- `IdentityProvider`: RS256/ES256 tokens of the organisation's identity provider, checked
+  against the keys at its JWKS URL (`OKR_JWKS_URL`, cached, fetched again on an unknown `kid`),
+  with the issuer and audience required and checked.
+
+Either way the algorithm is pinned (no `none`, no HS256 signed with a public key), and `sub`
+and `exp` are required. `sub` becomes the actor recorded on every event; `name`, `roles`
+(`admin`, `lead`, `member`, `viewer`; unknown ones grant nothing) and `teams` are read too.
+Anything wrong is a 401.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
 ALGORITHM = "HS256"
+PROVIDER_ALGORITHMS = ("RS256", "ES256")
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_SUBJECT_LENGTH = 200
+MAX_LIST_CLAIM = 100
 LEEWAY_S = 30
+ROLES = frozenset({"admin", "lead", "member", "viewer"})
 
 
 class AuthError(Exception):
@@ -26,37 +38,139 @@ class AuthError(Exception):
 class Principal:
     actor: str
     claims: dict[str, Any]
+    name: str | None = None
+    roles: frozenset[str] = frozenset()
+    teams: frozenset[str] = frozenset()
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Principal: ...
 
 
 def mint_token(
-    secret: str, subject: str, *, ttl_s: int = 3600, extra: dict[str, Any] | None = None
+    secret: str,
+    subject: str,
+    *,
+    ttl_s: int = 3600,
+    roles: list[str] | None = None,
+    teams: list[str] | None = None,
+    name: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + ttl_s}
+    if name:
+        claims["name"] = name
+    if roles is not None:
+        claims["roles"] = roles
+    if teams is not None:
+        claims["teams"] = teams
     if extra:
         claims.update(extra)
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_token(secret: str, token: str) -> Principal:
+def _list_claim(claims: dict[str, Any], key: str) -> frozenset[str]:
+    value = claims.get(key)
+    if value is None:
+        return frozenset()
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_LIST_CLAIM
+        or not all(isinstance(v, str) and 0 < len(v) <= MAX_SUBJECT_LENGTH for v in value)
+    ):
+        raise AuthError(f"The bearer token's `{key}` claim must be a list of short strings")
+    return frozenset(v.strip() for v in value)
+
+
+def principal_of(claims: dict[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT_LENGTH:
+        raise AuthError("The bearer token has no usable subject (sub)")
+    name = claims.get("name")
+    return Principal(
+        actor=subject,
+        claims=claims,
+        name=name if isinstance(name, str) and len(name) <= MAX_SUBJECT_LENGTH else None,
+        roles=_list_claim(claims, "roles") & ROLES,  # unknown roles grant nothing
+        teams=_list_claim(claims, "teams"),
+    )
+
+
+def _decode(token: str, key: Any, algorithms: list[str], **kwargs: Any) -> dict[str, Any]:
     if len(token) > MAX_TOKEN_BYTES:
         raise AuthError("The bearer token is too large")
     try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp"]},
-            leeway=LEEWAY_S,
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=algorithms, leeway=LEEWAY_S, **kwargs
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("The bearer token has expired") from None
     except jwt.InvalidTokenError as e:
         raise AuthError(f"The bearer token is not valid: {e}") from None
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT_LENGTH:
-        raise AuthError("The bearer token has no usable subject (sub)")
-    return Principal(actor=subject, claims=claims)
+    return claims
+
+
+class SharedSecret:
+    """HS256 tokens signed with the deployment's own secret."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def verify(self, token: str) -> Principal:
+        claims = _decode(token, self.secret, [ALGORITHM], options={"require": ["sub", "exp"]})
+        return principal_of(claims)
+
+
+class IdentityProvider:
+    """RS256/ES256 tokens of the organisation's identity provider, by its JWKS.
+
+    pyjwt's `PyJWKClient` caches the key set (5 minutes) and fetches it again when a token
+    names a `kid` it does not have, so a rotated key works without a restart. The fetch is
+    blocking: this runs in the thread pool (`current_principal` is a plain `def`).
+    """
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        issuer: str,
+        audience: str,
+        algorithms: tuple[str, ...] = PROVIDER_ALGORITHMS,
+        lifespan_s: float = 300,
+        timeout_s: float = 5,
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = list(algorithms)
+        self.keys = jwt.PyJWKClient(
+            jwks_url, lifespan=lifespan_s, timeout=timeout_s, cooldown_duration=0
+        )
+
+    def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError("The bearer token is too large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as e:
+            raise AuthError(f"The bearer token is not valid: {e}") from None
+        if header.get("alg") not in self.algorithms:
+            raise AuthError(f"The bearer token must be signed with one of {self.algorithms}")
+        try:
+            key = self.keys.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError:
+            raise AuthError("The identity provider's keys could not be fetched") from None
+        except jwt.PyJWKClientError as e:
+            raise AuthError(f"The bearer token's key is unknown: {e}") from None
+        claims = _decode(
+            token,
+            key,
+            self.algorithms,
+            issuer=self.issuer,
+            audience=self.audience,
+            options={"require": ["sub", "exp", "iss", "aud"]},
+        )
+        return principal_of(claims)
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import sys
 
-import nats
-
 from shared.auth import mint_token
-from shared.nats import ensure_stream
+from shared.nats import connect, ensure_stream, redact
 from shared.settings import Settings
 
 
@@ -20,7 +18,16 @@ def _token(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 2
-    print(mint_token(secret, args.subject, ttl_s=args.ttl or settings.token_ttl_s))
+    print(
+        mint_token(
+            secret,
+            args.subject,
+            ttl_s=args.ttl or settings.token_ttl_s,
+            roles=args.role,
+            teams=args.team,
+            name=args.name,
+        )
+    )
     return 0
 
 
@@ -28,14 +35,14 @@ def _stream(_: argparse.Namespace) -> int:
     settings = Settings()
 
     async def declare() -> None:
-        nc = await nats.connect(settings.nats_url, connect_timeout=2, max_reconnect_attempts=0)
+        nc = await connect(settings, connect_timeout=2, max_reconnect_attempts=0)
         try:
             await ensure_stream(nc.jetstream(), settings)
         finally:
             await nc.close()
 
     asyncio.run(declare())
-    print(f"stream {settings.stream_name} ready at {settings.nats_url}")
+    print(f"stream {settings.stream_name} ready at {redact(settings.nats_url)}")
     return 0
 
 
@@ -71,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="mint a bearer token for a local actor")
     token.add_argument("subject", help="the actor (JWT sub) recorded on events")
     token.add_argument("--ttl", type=int, default=0, help="lifetime in seconds")
+    token.add_argument(
+        "--role",
+        action="append",
+        choices=["admin", "lead", "member", "viewer"],
+        help="a role the token carries (repeatable)",
+    )
+    token.add_argument("--team", action="append", help="a team the actor belongs to (repeatable)")
+    token.add_argument("--name", help="the actor's display name")
     token.set_defaults(func=_token)
 
     stream = commands.add_parser("stream", help="create or update the JetStream stream")

@@ -45,6 +45,7 @@ from nats.js.errors import NotFoundError
 
 from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
+from shared.logs import bind
 from shared.nats import NatsLink
 from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
@@ -323,7 +324,14 @@ class Inbox:
                         outcomes[i] = Outcome.EARLY
                         continue
                     try:
-                        self.projector.apply(tx, ev)
+                        with bind(
+                            correlation_id=ev.correlation_id,
+                            causation_id=ev.id,
+                            actor=ev.actor,
+                            event_id=ev.id,
+                        ):
+                            self.projector.apply(tx, ev)
+                            log.debug("%s applied %s", self.consumer, ev.type)
                     except PersistenceError:
                         raise
                     except Exception as e:
@@ -427,6 +435,15 @@ class ProcessInbox:
         return 0 if row is None else int(row["version"])
 
     def _process_one(self, event: Received) -> tuple[Outcome, str | None]:
+        with bind(
+            correlation_id=event.correlation_id,
+            causation_id=event.id,
+            actor=event.actor,
+            event_id=event.id,
+        ):
+            return self._react(event)
+
+    def _react(self, event: Received) -> tuple[Outcome, str | None]:
         context = CommandContext(event.actor, event.correlation_id, event.id)
         for _attempt in range(MAX_POLICY_ATTEMPTS):
             known = self._version(event)
@@ -459,6 +476,13 @@ class ProcessInbox:
                     self.app.record_inbox([record])
             except IntegrityError:
                 continue  # another writer got there first: look again
+            if aggregates:
+                log.info(
+                    "policy %s: %s caused changes to %d aggregates",
+                    self.consumer,
+                    event.type,
+                    len(aggregates),
+                )
             if aggregates and self.on_saved is not None:
                 self.on_saved()
             self.positions[event.source] = max(self.positions.get(event.source, 0), event.sequence)
@@ -599,7 +623,13 @@ class Consumer:
                 CONSUMER_FAILURES.labels(self.service, self.name).inc()
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.caught_up = False
-                log.warning("consumer %s: %s; retrying in %.1fs", self.durable, e, delay)
+                log.warning(
+                    "consumer %s: %s: %s; retrying in %.1fs",
+                    self.durable,
+                    type(e).__name__,
+                    e,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             else:
@@ -655,7 +685,7 @@ class Consumer:
             while not self._stopping:
                 try:
                     msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
-                except NatsTimeoutError:
+                except (NatsTimeoutError, TimeoutError):  # nats-py raises either when idle
                     if self.link.connected:
                         self._idle()
                     else:

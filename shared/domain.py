@@ -41,6 +41,11 @@ def command_context(context: CommandContext) -> Iterator[CommandContext]:
         _context.reset(token)
 
 
+def active_context() -> CommandContext | None:
+    """The command context of the work in progress, if any (for logs)."""
+    return _context.get()
+
+
 def current_context() -> CommandContext:
     context = _context.get()
     if context is None:

@@ -21,10 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import StringConstraints
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import AuthError, Principal, bearer_token, verify_token
+from shared.auth import AuthError, Principal, TokenVerifier, bearer_token
 from shared.domain import (
     CommandContext,
     DomainError,
@@ -34,6 +35,7 @@ from shared.domain import (
     RuleBroken,
     VersionMismatch,
 )
+from shared.logs import bind
 from shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS
 from shared.writer import (
     CommandResult,
@@ -96,7 +98,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     # without a valid token learns nothing about what the endpoint would accept.
     if request.url.path.startswith("/v1/"):
         try:
-            verify_token(_secret(request), bearer_token(request.headers.get("authorization")))
+            token = bearer_token(request.headers.get("authorization"))
+            await run_in_threadpool(_verifier(request).verify, token)
         except AuthError as e:
             return await _auth_error(request, e)
     errors = exc.errors()
@@ -269,19 +272,60 @@ class MetricsMiddleware:
             )
 
 
+class RequestContextMiddleware:
+    """Gives every request a request id and a correlation id (the client's `X-Request-Id` and
+    `X-Correlation-Id` when valid, new ones otherwise), logs inside it with both, and answers
+    with them so a client can quote them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = correlation_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = _valid_id(value)
+            elif name == b"x-correlation-id":
+                correlation_id = _valid_id(value)
+        request_id = request_id or str(uuid.uuid4())
+        correlation_id = correlation_id or request_id
+        scope.setdefault("state", {})["request_ids"] = (request_id, correlation_id)
+        echo = [
+            (b"x-request-id", request_id.encode()),
+            (b"x-correlation-id", correlation_id.encode()),
+        ]
+
+        async def send_with_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *echo]
+            await send(message)
+
+        with bind(request_id=request_id, correlation_id=correlation_id, causation_id=request_id):
+            await self.app(scope, receive, send_with_ids)
+
+
+def _valid_id(raw: bytes) -> str | None:
+    value = raw.decode("latin-1")
+    return value if _HEADER_VALUE.match(value) else None
+
+
 # --- request dependencies -----------------------------------------------------------------
 
 
-def _secret(request: Request) -> str:
-    secret: str = request.app.state.jwt_secret
-    return secret
+def _verifier(request: Request) -> TokenVerifier:
+    verifier: TokenVerifier = request.app.state.verifier
+    return verifier
 
 
 def current_principal(
     request: Request,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    return verify_token(_secret(request), bearer_token(authorization))
+    # A plain `def`: FastAPI runs it in the thread pool, where a JWKS fetch may block.
+    return _verifier(request).verify(bearer_token(authorization))
 
 
 def _header_id(value: str | None, name: str) -> str | None:
@@ -298,8 +342,10 @@ def command_context_dep(
     x_correlation_id: Annotated[str | None, Header()] = None,
     x_request_id: Annotated[str | None, Header()] = None,
 ) -> CommandContext:
-    request_id = _header_id(x_request_id, "X-Request-Id") or str(uuid.uuid4())
-    correlation_id = _header_id(x_correlation_id, "X-Correlation-Id") or request_id
+    # The middleware has chosen both ids already; a malformed header is still refused here.
+    _header_id(x_request_id, "X-Request-Id")
+    _header_id(x_correlation_id, "X-Correlation-Id")
+    request_id, correlation_id = request.state.request_ids
     return CommandContext(
         actor=principal.actor, correlation_id=correlation_id, causation_id=request_id
     )

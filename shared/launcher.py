@@ -20,12 +20,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-import nats
 from honcho.manager import Manager
 from honcho.printer import Printer
 
 from shared.auth import mint_token
-from shared.nats import ensure_stream
+from shared.nats import connect, ensure_stream, redact, server_urls
 from shared.settings import DEFAULT_PORTS, Settings
 
 # The services the launcher starts, in order. Each is `python -m services.<name>`.
@@ -73,8 +72,8 @@ async def _quiet(_: Exception) -> None:
 async def _setup_stream(settings: Settings, deadline: float) -> None:
     while True:
         try:
-            nc = await nats.connect(
-                settings.nats_url,
+            nc = await connect(
+                settings,
                 connect_timeout=1,
                 max_reconnect_attempts=0,
                 allow_reconnect=False,
@@ -112,18 +111,20 @@ def run(services: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["OKR_DATA_DIR"] = str(settings.data_dir.resolve())
     env["PYTHONUNBUFFERED"] = "1"
+    # On a terminal, readable lines; set OKR_LOG_FORMAT=json to get what production gets.
+    env.setdefault("OKR_LOG_FORMAT", "text")
 
-    url = urlparse(settings.nats_url)
+    url = urlparse(server_urls(settings.nats_url)[0])
     host, port = url.hostname or "127.0.0.1", url.port or 4222
     if not reachable(host, port):
         if host not in LOOPBACK:
-            raise SystemExit(f"NATS is not reachable at {settings.nats_url}")
+            raise SystemExit(f"NATS is not reachable at {redact(settings.nats_url)}")
         store_dir = settings.data_dir.resolve() / "nats"
         store_dir.mkdir(parents=True, exist_ok=True)
         manager.add_process("nats", shlex.join(nats_server_command(host, port, store_dir)), env=env)
         nats_note = f"local nats-server on {host}:{port} (store {store_dir})"
     else:
-        nats_note = f"NATS already running at {settings.nats_url}"
+        nats_note = f"NATS already running at {redact(settings.nats_url)}"
 
     for service in services:
         manager.add_process(
@@ -142,7 +143,7 @@ def run(services: list[str] | None = None) -> int:
             s: _wait_ready(f"http://{settings.host}:{service_port(settings, s)}/readyz", deadline)
             for s in services
         }
-        token = mint_token(secret, "admin", ttl_s=settings.token_ttl_s)
+        token = mint_token(secret, "admin", ttl_s=settings.token_ttl_s, roles=["admin"])
         lines = [
             "",
             "OKR services are " + ("up" if all(ready.values()) else "starting"),

@@ -1,10 +1,23 @@
-"""NATS: a connection that keeps trying, and the one declaration of the `OKR` stream."""
+"""NATS: a connection that keeps trying, and the one declaration of the `OKR` stream.
+
+Every process connects through `connect_options`: the server list of `OKR_NATS_URL` (one URL,
+or a cluster's URLs separated by commas), and the credentials of `OKR_NATS_USER` /
+`OKR_NATS_PASSWORD` or `OKR_NATS_CREDS`. With a user, the process takes its reply subjects
+under `_INBOX.<user>.` rather than `_INBOX.`, so the server can let each user subscribe to its
+own replies only (deploy/nats/auth.conf). URLs are logged through `redact`, never with a
+password.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -16,6 +29,78 @@ from shared.settings import Settings
 from shared.tasks import stop_task
 
 log = logging.getLogger(__name__)
+
+INBOX = "_INBOX"
+REFUSAL_LOG_INTERVAL_S = 60.0
+# A user name that can be one token of a subject (no dots, spaces or wildcards).
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of `OKR_NATS_URL`: one URL, or several separated by commas."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("OKR_NATS_URL names no server")
+    return servers
+
+
+def redact(url: str) -> str:
+    """`url` (or a comma-separated list of them) fit for logs: any password replaced by ***."""
+    shown = []
+    for server in url.split(","):
+        server = server.strip()
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+            server = urlunsplit(parts)
+        elif parts.username is not None:  # a token as the user part
+            server = urlunsplit(parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}"))
+        shown.append(server)
+    return ",".join(shown)
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where a process's replies arrive: `_INBOX.<user>` for a named user, else `_INBOX`."""
+    if user and _TOKEN.match(user):
+        return f"{INBOX}.{user}"
+    return INBOX
+
+
+def connect_options(
+    url: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    creds: Path | str | None = None,
+) -> dict[str, Any]:
+    """What `nats.connect` needs to reach `url` as `user` (or with a credentials file)."""
+    options: dict[str, Any] = {"servers": server_urls(url), "inbox_prefix": inbox_prefix(user)}
+    if user:
+        options["user"] = user
+        options["password"] = password or ""
+    if creds:
+        options["user_credentials"] = str(creds)
+    return options
+
+
+def _credentials(settings: Settings) -> dict[str, Any]:
+    password = settings.nats_password
+    return {
+        "user": settings.nats_user,
+        "password": password.get_secret_value() if password is not None else None,
+        "creds": settings.nats_creds,
+    }
+
+
+def settings_options(settings: Settings) -> dict[str, Any]:
+    """`connect_options` from the `OKR_NATS_*` settings."""
+    return connect_options(settings.nats_url, **_credentials(settings))
+
+
+async def connect(settings: Settings, **options: Any) -> Client:
+    """One connection as the settings say (servers and credentials), plus `options`."""
+    return await nats.connect(**settings_options(settings), **options)
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -54,13 +139,28 @@ class NatsLink:
     and the relay catches up when the link comes back.
     """
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        creds: Path | str | None = None,
+    ) -> None:
         self.url = url
         self.name = name
+        self._options = connect_options(url, user=user, password=password, creds=creds)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_refusal = ("", 0.0)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, name: str) -> NatsLink:
+        """A link to the servers of `OKR_NATS_URL` with the `OKR_NATS_*` credentials."""
+        return cls(settings.nats_url, name, **_credentials(settings))
 
     @property
     def connected(self) -> bool:
@@ -79,7 +179,7 @@ class NatsLink:
         while True:
             try:
                 self.nc = await nats.connect(
-                    self.url,
+                    **self._options,
                     name=self.name,
                     connect_timeout=2,
                     reconnect_time_wait=0.5,
@@ -88,7 +188,9 @@ class NatsLink:
                     error_cb=self._on_error,
                 )
             except Exception as e:
-                log.warning("NATS at %s not reachable (%s); retrying", self.url, e)
+                log.warning(
+                    "cannot connect to NATS at %s (%s); retrying", redact(self.url), _describe(e)
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -97,10 +199,30 @@ class NatsLink:
             return
 
     async def _on_error(self, e: Exception) -> None:
-        log.debug("NATS: %s", e)
+        # A refusal (wrong credentials, a subject the user may not use) is a configuration
+        # error worth seeing, once a minute at most while it repeats; the rest (connection
+        # trouble while NATS restarts) is noise the reconnect loop deals with.
+        if not _refused(e):
+            log.debug("NATS: %s", e)
+            return
+        text, at = self._last_refusal
+        now = time.monotonic()
+        if str(e) != text or now - at > REFUSAL_LOG_INTERVAL_S:
+            self._last_refusal = (str(e), now)
+            log.warning("NATS refused %s: %s", self.name, e)
 
     async def close(self) -> None:
         await stop_task(self._task)
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.close()
+
+
+def _refused(e: Exception) -> bool:
+    text = str(e).lower()
+    return "permissions violation" in text or "authorization" in text
+
+
+def _describe(e: Exception) -> str:
+    """An exception for a log line: its message, or its type when it has none."""
+    return str(e) or type(e).__name__

@@ -106,7 +106,13 @@ class Relay:
                 if self.position != position_at_failure:
                     delay = 0.1
                 position_at_failure = self.position
-                log.warning("relay of %s: %s; retrying in %.1fs", self.service, e, delay)
+                log.warning(
+                    "relay of %s: %s: %s; retrying in %.1fs",
+                    self.service,
+                    type(e).__name__,
+                    e,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

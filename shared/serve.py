@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
 
+from shared.logs import configure
 from shared.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
 
 
 def serve(settings_class: type[S], create_app: Callable[[Any], FastAPI]) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = settings_class()
+    configure(settings.service, fmt=settings.log_format, level=settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        log_level="info",
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours
         access_log=False,
         timeout_graceful_shutdown=10,
     )

@@ -14,12 +14,14 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
+from shared.auth import IdentityProvider, SharedSecret, TokenVerifier
 from shared.consumer import Consumer
 from shared.domain import InvalidValue, NotYetKnown
 from shared.http import (
     BodyLimitMiddleware,
     Check,
     MetricsMiddleware,
+    RequestContextMiddleware,
     install_error_handlers,
     operations_router,
 )
@@ -106,7 +108,7 @@ def create_service(
             max_batch=settings.writer_max_batch,
             cache_size=settings.aggregate_cache_size,
         )
-        link = NatsLink(settings.nats_url, name=f"okr-{service}")
+        link = NatsLink.for_settings(settings, f"okr-{service}")
         relay = Relay(
             es_app,
             service,
@@ -147,15 +149,27 @@ def create_service(
         openapi_url="/openapi.json",
         docs_url="/docs",
     )
-    http.state.jwt_secret = settings.jwt_secret_value()
+    http.state.verifier = token_verifier(settings)
     install_error_handlers(http)
     for router in routers:
         http.include_router(router)
     http.include_router(operations_router(_checks(http)))
     # Outermost first: metrics see every response, including 413s.
     http.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    http.add_middleware(RequestContextMiddleware)
     http.add_middleware(MetricsMiddleware, service=service)
     return http
+
+
+def token_verifier(settings: ServiceSettings) -> TokenVerifier:
+    """The organisation's identity provider when its JWKS URL is set, else the shared secret."""
+    if settings.jwks_url:
+        if not (settings.jwt_issuer and settings.jwt_audience):
+            raise RuntimeError("OKR_JWKS_URL needs OKR_JWT_ISSUER and OKR_JWT_AUDIENCE")
+        return IdentityProvider(
+            settings.jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
+    return SharedSecret(settings.jwt_secret_value())
 
 
 def _checks(http: FastAPI) -> list[Check]:

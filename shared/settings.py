@@ -27,9 +27,20 @@ class Settings(BaseSettings):
     )
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # NATS credentials (deploy/nats/auth.conf): a user and password, or a credentials file
+    # (JWT and nkey seed). Unset: no authentication, as the embedded default needs none.
+    # `OKR_NATS_URL` may list several servers of a cluster, separated by commas.
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_creds: Path | None = None
     data_dir: Path = Path(".data")
     database_url: SecretStr | None = None
     jwt_secret: SecretStr | None = None
+    # Tokens of the organisation's identity provider (RS256/ES256), verified by its JWKS.
+    # Set all three to use them; then HS256 tokens of the shared secret are refused.
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
     host: str = "127.0.0.1"
 
     # The JetStream stream every service publishes to (DESIGN §4).
@@ -39,6 +50,10 @@ class Settings(BaseSettings):
     stream_duplicate_window_s: float = Field(default=120, gt=0)
     stream_replicas: int = Field(default=1, ge=1, le=5)
     stream_storage: str = Field(default="file", pattern="^(file|memory)$")
+
+    # Logs: JSON lines (one object per record) or plain text for a terminal.
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error)$")
 
     # Bounds on what one request may carry.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -89,6 +91,118 @@ class NatsServer:
                 self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+DEPLOY_NATS = Path(__file__).resolve().parent.parent / "deploy" / "nats"
+# The users of deploy/nats/auth.conf; each one's password is NATS_<USER>_PASSWORD.
+NATS_USERS = ("goals", "checkins", "reviews", "projections", "setup", "subscriber")
+
+
+def nats_passwords() -> dict[str, str]:
+    """A fresh password per user of deploy/nats/auth.conf, and for the cluster's routes."""
+    return {user: secrets.token_hex(16) for user in (*NATS_USERS, "route")}
+
+
+class ConfiguredNatsServer:
+    """A nats-server running one of the deploy/nats files unchanged, on loopback.
+
+    As in production, the store folder and the passwords come from the environment
+    (`NATS_STORE_DIR`, `NATS_<USER>_PASSWORD`); only the addresses differ, given as
+    command-line flags, which nats-server applies over the file's. For a cluster node, set
+    `routes` (every node's `route_url`) before `start`; `passwords` then needs "route". The
+    server's log goes to `log_path`.
+    """
+
+    def __init__(self, config: Path, base: Path, passwords: dict[str, str]) -> None:
+        self.config = config
+        self.base = base
+        self.passwords = passwords
+        self.port = free_port()
+        self.http_port = free_port()
+        self.route_port = free_port()
+        self.routes: list[str] = []
+        self.log_path = base / "nats.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def route_url(self) -> str:
+        return f"nats://127.0.0.1:{self.route_port}"
+
+    def command(self) -> list[str]:
+        command = [
+            nats_server_binary(),
+            "--config", str(self.config),
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-m", str(self.http_port),
+        ]  # fmt: skip
+        if self.routes:
+            # Given `--cluster` without credentials, nats-server forgets the file's route
+            # credentials (cluster.authorization): pass the same ones in that URL.
+            command += ["--cluster", self._with_route_password(self.route_url)]
+        return command
+
+    def _with_route_password(self, url: str) -> str:
+        return url.replace("nats://", f"nats://route:{self.passwords['route']}@", 1)
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ, NATS_STORE_DIR=str(self.base / "jetstream"))
+        for user, password in self.passwords.items():
+            env[f"NATS_{user.upper()}_PASSWORD"] = password
+        if self.routes:
+            routes = ", ".join(self._with_route_password(url) for url in self.routes)
+            env["NATS_ROUTES"] = f"[{routes}]"
+        return env
+
+    def start(self, *, wait: bool = True) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command(), env=self.environment(), stdout=self._log, stderr=self._log
+        )
+        if wait:
+            self.wait_healthy()
+
+    def healthy(self) -> bool:
+        """Whether /healthz says yes: serving clients, JetStream up (and, in a cluster, in
+        contact with a metadata leader)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            with httpx.Client(timeout=1) as client:
+                return client.get(f"http://127.0.0.1:{self.http_port}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server not healthy in {timeout}s: {self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
+            self.proc.wait(timeout=15)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 async def declare_stream(url: str, **settings: Any) -> None:

@@ -75,7 +75,7 @@ async def rebuild(
     await asyncio.to_thread(ensure_generations, db)
     live = await asyncio.to_thread(live_generation, db)
     new = Tables(live + 1)
-    link = NatsLink(settings.nats_url, name="okr-projections-rebuild")
+    link = NatsLink.for_settings(settings, "okr-projections-rebuild")
     await link.start()
     try:
         js = await asyncio.wait_for(link.wait(), 30)
