@@ -26,6 +26,21 @@ $(ASYNCAPI_TOOL_STAMP): tools/asyncapi/package-lock.json
 
 asyncapi-tool: $(ASYNCAPI_TOOL_STAMP)
 
+## promtool (Prometheus's checker) from Debian's package, unpacked under .tools/ (no install):
+## the monitoring tests use it to check the rules, the alerts and every dashboard query.
+PROMTOOL := .tools/prometheus/usr/bin/promtool
+
+.PHONY: promtool
+
+$(PROMTOOL):
+	mkdir -p .tools/download
+	cd .tools/download && apt-get download prometheus
+	dpkg -x .tools/download/prometheus_*.deb .tools/prometheus
+	rm -rf .tools/download
+	test -x $(PROMTOOL)
+
+promtool: $(PROMTOOL)
+
 ## Start the whole system on the embedded default (SQLite stores, local nats-server if needed).
 run: $(STAMP)
 	$(PY) -m shared run

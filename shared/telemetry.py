@@ -45,6 +45,11 @@ RELAY_PUBLISH_LATENCY = Histogram(
     ["service"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+EVENTS_STORED = Counter(
+    "okr_events_stored_total",
+    "Domain events committed to the service's store by commands",
+    ["service"],
+)
 STORE_LATENCY = Histogram(
     "okr_store_save_seconds",
     "Time to save one writer batch",
@@ -109,4 +114,16 @@ POLICY_REFUSED = Counter(
     "okr_policy_refused_total",
     "Events a policy handled without effect because the rules refused what they asked",
     ["consumer"],
+)
+CHECKINS = Counter(
+    "okr_checkins_total",
+    "Check-ins recorded (committed; idempotent replays not counted), by the status their "
+    "confidence gives: on_track (7-10), at_risk (4-6), off_track (0-3)",
+    ["status"],
+)
+KEY_RESULTS = Gauge(
+    "okr_key_results",
+    "Live key results of started cycles by their latest confidence: on_track (7-10), at_risk "
+    "(4-6), off_track (0-3), no_check_in; counted from the views every few seconds",
+    ["status"],
 )

@@ -30,7 +30,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from shared.domain import CommandContext, DomainError, NotFound, VersionMismatch, command_context
 from shared.store import IdempotencyRecord, Lookup, ServiceApplication
-from shared.telemetry import COMMANDS, WRITER_BATCH
+from shared.telemetry import COMMANDS, EVENTS_STORED, STORE_LATENCY, WRITER_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -466,10 +466,15 @@ class CommandWriter:
         """One transaction: the events, their lookups and the answers of keyed commands.
         Commands that changed nothing still get their answer stored, so a retry never runs
         them again."""
+        started = time.perf_counter()
         if aggregates:
-            return list(self.app.save(*aggregates, idempotency=records, lookups=lookups))
-        self.app.save_answers(records)
-        return []
+            recordings = list(self.app.save(*aggregates, idempotency=records, lookups=lookups))
+            EVENTS_STORED.labels(self.service).inc(len(recordings))
+        else:
+            self.app.save_answers(records)
+            recordings = []
+        STORE_LATENCY.labels(self.service).observe(time.perf_counter() - started)
+        return recordings
 
     def _record(
         self, cmd: _Command, events: list[tuple[UUID, int]], primary: _Answer

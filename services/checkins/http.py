@@ -26,8 +26,10 @@ from shared.http import (
     command_response,
     etag,
 )
+from shared.okr import status_of
 from shared.schemas import Body, CommandAnswer, Number, Reason, Text
 from shared.service import Runtime, runtime_of
+from shared.telemetry import CHECKINS
 
 # --- request and response bodies ----------------------------------------------------------
 
@@ -192,6 +194,8 @@ async def create_check_in(
         idempotency=idem,
         status=201,
     )
+    if not result.replayed:  # committed now, not the answer to a retry
+        CHECKINS.labels(status_of(body.confidence) or "unknown").inc()
     return command_response(result, f"/v1/check-ins/{result.body['id']}")
 
 
@@ -418,8 +422,11 @@ catalogue_router = APIRouter(
     response_model=CatalogueStatus,
     summary="How far this service's catalogue of the goals events has got",
 )
-async def catalogue_status(request: Request, _: Actor) -> CatalogueStatus:
+async def catalogue_status(
+    request: Request, _: Actor, min_position: MinPosition = None
+) -> CatalogueStatus:
     runtime = runtime_of(request)
+    await runtime.wait_for_position(min_position)
     catalogue = catalogue_of(runtime)
     consumer = runtime.consumers[0]
     return CatalogueStatus(

@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
+from services.projections import queries
 from services.projections.http import LiveViews, routers
 from services.projections.rebuild import ensure_generations, live_generation
 from services.projections.views import Tables, Views
@@ -17,10 +18,13 @@ from shared.service import Runtime, create_service
 from shared.settings import ServiceSettings
 from shared.sql import Database
 from shared.store import ServiceApplication
+from shared.telemetry import KEY_RESULTS
 
 log = logging.getLogger(__name__)
 
 GENERATION_POLL_S = 1.0
+# How often the key results by status (`okr_key_results`) are counted from the views.
+KEY_RESULTS_EVERY_S = 15.0
 
 
 class ProjectionsApplication(ServiceApplication):
@@ -75,6 +79,21 @@ def _wire(runtime: Runtime) -> None:
             await old.stop()
 
     runtime.background.append(follow_rebuilds)
+
+    async def count_key_results() -> None:
+        """Key results by status for `okr_key_results`: counted off the event loop, so a
+        scrape of /metrics never waits on the store."""
+        while True:
+            try:
+                counts = await asyncio.to_thread(queries.key_result_statuses, db, live.tables)
+            except Exception as e:  # the store is unreachable: keep the last counts
+                log.warning("could not count key results by status: %s", e)
+            else:
+                for status, count in counts.items():
+                    KEY_RESULTS.labels(status).set(count)
+            await asyncio.sleep(KEY_RESULTS_EVERY_S)
+
+    runtime.background.append(count_key_results)
 
 
 def create_app(settings: ProjectionsSettings | None = None) -> FastAPI:

@@ -275,6 +275,37 @@ def overdue(
     return found
 
 
+KEY_RESULT_STATUSES = ("on_track", "at_risk", "off_track", "no_check_in")
+
+
+def key_result_statuses(db: Database, t: Tables) -> dict[str, int]:
+    """How many live key results of the started (active) cycles are on track, at risk, off
+    track (by their latest confidence), or have no check-in yet. Scheduled and closed cycles,
+    removed key results and those of archived objectives are left out."""
+    counts = dict.fromkeys(KEY_RESULT_STATUSES, 0)
+    with db.transaction(commit=False) as tx:
+        cycles = tx.execute(f"SELECT id, state FROM {t.entities} WHERE kind = 'cycle'").fetchall()
+        for cycle in cycles:
+            if json.loads(cycle["state"]).get("status") != "active":
+                continue
+            rows = tx.execute(
+                f"SELECT kind, id, state FROM {t.entities} WHERE cycle_id = ?"
+                " AND kind IN ('objective', 'key_result', 'progress')",
+                (cycle["id"],),
+            ).fetchall()
+            states = {(r["kind"], r["id"]): json.loads(r["state"]) for r in rows}
+            for (kind, kr_id), kr in states.items():
+                if kind != "key_result" or kr.get("removed"):
+                    continue
+                objective = states.get(("objective", kr.get("objective_id")))
+                if objective is not None and objective.get("archived"):
+                    continue
+                progress = states.get(("progress", kr_id))
+                status = status_of(progress.get("confidence") if progress else None)
+                counts[status or "no_check_in"] += 1
+    return counts
+
+
 def search(db: Database, t: Tables, text: str, limit: int) -> list[State]:
     """Wins, learnings and reflections across cycles that contain `text` (any case)."""
     needle = text.casefold()
