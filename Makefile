@@ -60,9 +60,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## Mint a token for a local actor: make token SUB=alice
+## Mint a token for a local actor: make token SUB=alice ROLE=lead TEAM="growth data"
+## (ROLE and TEAM take space-separated lists; ROLE defaults to admin)
+ROLE ?= admin
 token: $(STAMP)
-	@$(PY) -m shared token $(or $(SUB),admin)
+	@$(PY) -m shared token $(or $(SUB),admin) $(foreach r,$(ROLE),--role $(r)) $(foreach t,$(TEAM),--team $(t))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

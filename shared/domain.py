@@ -26,6 +26,9 @@ class CommandContext:
     actor: str
     correlation_id: str
     causation_id: str
+    # What the actor may do (from the token): checked by `shared.permissions`, never stored.
+    roles: frozenset[str] = frozenset()
+    teams: frozenset[str] = frozenset()
 
 
 _context: ContextVar[CommandContext | None] = ContextVar("okr_command_context", default=None)
@@ -105,6 +108,14 @@ class NotFound(DomainError):
 class NotYetKnown(DomainError):
     """Refers to something another service created that this one has not heard of yet.
     Safe to retry once the events have arrived (HTTP 409 with Retry-After)."""
+
+
+class Forbidden(DomainError):
+    """The actor lacks the permission the command needs (HTTP 403). Nothing is recorded."""
+
+    def __init__(self, permission: str, detail: str) -> None:
+        super().__init__(detail)
+        self.permission = permission
 
 
 class VersionMismatch(DomainError):

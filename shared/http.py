@@ -29,6 +29,7 @@ from shared.auth import AuthError, Principal, TokenVerifier, bearer_token
 from shared.domain import (
     CommandContext,
     DomainError,
+    Forbidden,
     InvalidValue,
     NotFound,
     NotYetKnown,
@@ -59,6 +60,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {PROBLEM_JSON: {}}}
     for code, text in {
         401: "Missing or invalid bearer token",
+        403: "A command the token's roles and teams do not allow (names the permission)",
         404: "Unknown id",
         409: "A rule is broken by the current state, or a referenced id is not known yet",
         412: "If-Match does not match the current version",
@@ -76,6 +78,7 @@ def problem(
     kind: str | None = None,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    **extensions: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + (kind or title.lower().replace(" ", "-")),
@@ -85,6 +88,7 @@ def problem(
     }
     if errors:
         body["errors"] = errors
+    body.update(extensions)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -135,6 +139,8 @@ async def _auth_error(request: Request, exc: AuthError) -> Response:
 
 def _domain_problem(exc: DomainError) -> Response:
     errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+    if isinstance(exc, Forbidden):
+        return problem(403, "Forbidden", exc.detail, kind="forbidden", permission=exc.permission)
     if isinstance(exc, NotFound):
         return problem(404, "Not found", exc.detail)
     if isinstance(exc, VersionMismatch):
@@ -347,7 +353,11 @@ def command_context_dep(
     _header_id(x_correlation_id, "X-Correlation-Id")
     request_id, correlation_id = request.state.request_ids
     return CommandContext(
-        actor=principal.actor, correlation_id=correlation_id, causation_id=request_id
+        actor=principal.actor,
+        correlation_id=correlation_id,
+        causation_id=request_id,
+        roles=principal.roles,
+        teams=principal.teams,
     )
 
 

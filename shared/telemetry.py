@@ -16,6 +16,11 @@ HTTP_LATENCY = Histogram(
 COMMANDS = Counter(
     "okr_commands_total", "Commands by outcome (ok, replayed, or the error)", ["service", "outcome"]
 )
+FORBIDDEN = Counter(
+    "okr_commands_forbidden_total",
+    "Commands refused because the actor lacks a permission (HTTP 403)",
+    ["service", "permission"],
+)
 WRITER_BATCH = Histogram(
     "okr_writer_batch_size",
     "Commands saved per transaction by the writer",

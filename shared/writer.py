@@ -28,9 +28,16 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
-from shared.domain import CommandContext, DomainError, NotFound, VersionMismatch, command_context
+from shared.domain import (
+    CommandContext,
+    DomainError,
+    Forbidden,
+    NotFound,
+    VersionMismatch,
+    command_context,
+)
 from shared.store import IdempotencyRecord, Lookup, ServiceApplication
-from shared.telemetry import COMMANDS, EVENTS_STORED, STORE_LATENCY, WRITER_BATCH
+from shared.telemetry import COMMANDS, EVENTS_STORED, FORBIDDEN, STORE_LATENCY, WRITER_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +512,10 @@ class CommandWriter:
             outcome = "replayed" if result.replayed else "ok"
         else:
             outcome = type(result).__name__
+        if isinstance(result, Forbidden):
+            FORBIDDEN.labels(self.service, result.permission).inc()
+            with command_context(cmd.context):  # stamps the actor on the record
+                log.warning("command refused: missing permission %s", result.permission)
         COMMANDS.labels(self.service, outcome).inc()
         cmd.resolve(result)
 

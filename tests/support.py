@@ -39,6 +39,8 @@ def free_port() -> int:
 
 
 def token(subject: str = "alice", **kwargs: Any) -> str:
+    """A token of the shared test secret; an admin unless `roles` says otherwise."""
+    kwargs.setdefault("roles", ["admin"])
     return mint_token(SECRET, subject, **kwargs)
 
 

@@ -18,6 +18,7 @@ from services.checkins.domain import (
 )
 from shared.catalogue import Catalogue, CycleEntry, KeyResultEntry
 from shared.domain import InvalidValue, NotFound, NotYetKnown, RuleBroken, check
+from shared.permissions import Permission, require
 from shared.store import ServiceApplication
 from shared.writer import UnitOfWork
 
@@ -88,6 +89,12 @@ def _open_cycle(catalogue: Catalogue, cycle_id: UUID, doing: str) -> CycleEntry:
     return cycle
 
 
+def require_check_in_on(catalogue: Catalogue, kr: KeyResultEntry) -> None:
+    """Check-ins and corrections: a member of the key result's team, or its owner."""
+    objective = catalogue.objective(kr.objective_id)
+    require(Permission.CHECK_IN, team=objective.team if objective else None, owner=kr.owner)
+
+
 def terms_for_check_in(catalogue: Catalogue, key_result_id: UUID) -> KeyResultTerms:
     """The key result, if it takes check-ins now; otherwise the reason it does not."""
     kr = known_key_result(catalogue, key_result_id)
@@ -120,6 +127,7 @@ def check_in(
     blockers: list[str],
     expected: int | None,
 ) -> KeyResultProgress:
+    require_check_in_on(catalogue, known_key_result(catalogue, key_result_id))
     terms = terms_for_check_in(catalogue, key_result_id)
     progress = uow.find(progress_id_for(key_result_id), KeyResultProgress)
     if progress is None:
@@ -145,6 +153,7 @@ def correct_check_in(
     expected: int | None,
 ) -> KeyResultProgress:
     progress = uow.get(progress_id, KeyResultProgress, "check-in")
+    require_check_in_on(catalogue, known_key_result(catalogue, progress.key_result_id))
     uow.expect_version(progress, expected)
     terms = terms_for_check_in(catalogue, progress.key_result_id)
     progress.correct(terms, check_in_id, value, confidence, reason)
@@ -169,6 +178,7 @@ def hold_meeting(
     priorities: list[str],
     expected: int | None = None,
 ) -> TeamCheckIn:
+    require(Permission.HOLD_MEETING, team=team)
     cycle = catalogue.cycle(cycle_id)
     if cycle is None:
         if catalogue.is_current():
@@ -221,6 +231,7 @@ def amend_meeting(
     expected: int | None,
 ) -> TeamCheckIn:
     meeting = uow.get(meeting_id, TeamCheckIn, "check-in meeting")
+    require(Permission.HOLD_MEETING, team=meeting.team)
     uow.expect_version(meeting, expected)
     cycle = catalogue.cycle(meeting.cycle_id)
     check(

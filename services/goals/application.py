@@ -10,6 +10,7 @@ from uuid import UUID
 
 from services.goals.domain import MAX_ALIGNMENT_DEPTH, Cycle, KeyResult, Objective
 from shared.domain import InvalidValue, check
+from shared.permissions import Permission, require
 from shared.store import ServiceApplication
 from shared.writer import UnitOfWork
 
@@ -22,10 +23,12 @@ class GoalsApplication(ServiceApplication):
 
 
 def schedule_cycle(uow: UnitOfWork, name: str, starts_on: date, ends_on: date) -> Cycle:
+    require(Permission.MANAGE_CYCLES)
     return uow.add(Cycle.schedule(name, starts_on, ends_on))
 
 
 def start_cycle(uow: UnitOfWork, cycle_id: UUID, expected: int | None) -> Cycle:
+    require(Permission.MANAGE_CYCLES)
     cycle = uow.get(cycle_id, Cycle)
     uow.expect_version(cycle, expected)
     cycle.start()
@@ -33,6 +36,7 @@ def start_cycle(uow: UnitOfWork, cycle_id: UUID, expected: int | None) -> Cycle:
 
 
 def close_cycle(uow: UnitOfWork, cycle_id: UUID, reason: str | None, expected: int | None) -> Cycle:
+    require(Permission.MANAGE_CYCLES)
     cycle = uow.get(cycle_id, Cycle)
     uow.expect_version(cycle, expected)
     cycle.close(reason)
@@ -74,6 +78,7 @@ def create_objective(
     team: str,
     parent_id: UUID | None,
 ) -> Objective:
+    require(Permission.PLAN, team=team)
     cycle = uow.get(cycle_id, Cycle)
     parent = _parent(uow, parent_id)
     if parent is not None:
@@ -105,6 +110,9 @@ def revise_objective(
 ) -> Objective:
     """A PATCH: `realign` says whether `parent_id` was given (None detaches)."""
     objective = uow.get(objective_id, Objective)
+    require(Permission.PLAN, team=objective.team)
+    if team is not None and team != objective.team:
+        require(Permission.PLAN, team=team)  # handing it over takes a say in both teams
     uow.expect_version(objective, expected)
     uow.get(objective.cycle_id, Cycle).check_open_for_changes()
     realign_to: tuple[Objective | None, list[UUID]] | None = None
@@ -126,6 +134,7 @@ def archive_objective(
     uow: UnitOfWork, objective_id: UUID, reason: str | None, expected: int | None
 ) -> Objective:
     objective = uow.get(objective_id, Objective)
+    require(Permission.PLAN, team=objective.team)
     uow.expect_version(objective, expected)
     uow.get(objective.cycle_id, Cycle).check_open_for_changes()
     objective.archive(reason)
@@ -148,6 +157,7 @@ def define_key_result(
     owner: str,
 ) -> KeyResult:
     objective = uow.get(objective_id, Objective)
+    require(Permission.PLAN, team=objective.team)
     cycle = uow.get(objective.cycle_id, Cycle)
     return uow.add(
         KeyResult.define(
@@ -166,10 +176,12 @@ def define_key_result(
 
 def _open_key_result(uow: UnitOfWork, key_result_id: UUID, expected: int | None) -> KeyResult:
     key_result = uow.get(key_result_id, KeyResult, "key result")
+    objective = uow.get(key_result.objective_id, Objective)
+    require(Permission.PLAN, team=objective.team)
     uow.expect_version(key_result, expected)
     uow.get(key_result.cycle_id, Cycle).check_open_for_changes()
     key_result.check_not_removed()
-    uow.get(key_result.objective_id, Objective).check_not_archived()
+    objective.check_not_archived()
     return key_result
 
 

@@ -13,6 +13,7 @@ from services.reviews.progress import ProgressView
 from shared.catalogue import Catalogue, CycleEntry
 from shared.domain import NotFound, NotYetKnown, RuleBroken, check
 from shared.okr import progress_of, suggested_score
+from shared.permissions import Permission, require
 from shared.store import ServiceApplication
 from shared.writer import UnitOfWork
 
@@ -50,6 +51,7 @@ def open_review(
     team: str,
     expected: int | None = None,
 ) -> CycleReview:
+    require(Permission.LEAD_REVIEW, team=team)
     cycle = _cycle(catalogue, cycle_id)
     check(
         cycle.status != "scheduled",
@@ -99,8 +101,14 @@ def open_review(
     )
 
 
-def _review(uow: UnitOfWork, review_id: UUID, expected: int | None) -> CycleReview:
+def _review(
+    uow: UnitOfWork,
+    review_id: UUID,
+    expected: int | None,
+    permission: Permission = Permission.LEAD_REVIEW,
+) -> CycleReview:
     review = uow.get(review_id, CycleReview, "review")
+    require(permission, team=review.team)
     uow.expect_version(review, expected)
     return review
 
@@ -122,7 +130,7 @@ def score(
 def reflect(
     uow: UnitOfWork, review_id: UUID, *, kind: str, text: str, expected: int | None
 ) -> CycleReview:
-    review = _review(uow, review_id, expected)
+    review = _review(uow, review_id, expected, Permission.REFLECT)
     reflection_id = review.reflect(kind, text)
     uow.respond(review.id, reflection_id=str(reflection_id))
     return review

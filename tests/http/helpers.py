@@ -225,7 +225,9 @@ async def writer_paused(svc: RunningService) -> AsyncIterator[Any]:
         release.wait(10)
         raise NotFound("nothing: this command only held the writer")
 
-    context = CommandContext(actor="test", correlation_id="hold", causation_id="hold")
+    context = CommandContext(
+        actor="test", correlation_id="hold", causation_id="hold", roles=frozenset({"admin"})
+    )
     held = asyncio.ensure_future(writer.execute(hold, context))
     await asyncio.to_thread(running.wait, 10)
 

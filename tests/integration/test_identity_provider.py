@@ -181,8 +181,14 @@ async def test_a_service_set_up_for_the_provider_takes_its_tokens_only(
     )
     async with serve(app_for("goals", settings)) as goals:
         body = {"name": "Q", "starts_on": "2027-01-01", "ends_on": "2027-03-31"}
+        # The provider's roles decide: its lead may not run cycles, its admin may.
         r = await goals.client.post(
             "/v1/cycles", json=body, headers={"Authorization": f"Bearer {signed()}"}
+        )
+        assert r.status_code == 403, r.text
+        admin = signed(roles=["admin"])
+        r = await goals.client.post(
+            "/v1/cycles", json=body, headers={"Authorization": f"Bearer {admin}"}
         )
         assert r.status_code == 201, r.text
         r = await goals.client.get(

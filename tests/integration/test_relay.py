@@ -21,7 +21,9 @@ from shared.store import RELAY_TRACKING_NAME, store_env
 from shared.telemetry import RELAY_DUPLICATES
 from tests.support import SECRET, bodies, free_port, read_stream
 
-CTX = CommandContext(actor="loader", correlation_id="c", causation_id="c")
+CTX = CommandContext(
+    actor="loader", correlation_id="c", causation_id="c", roles=frozenset({"admin"})
+)
 
 
 def store_events(settings: GoalsSettings, count: int) -> GoalsApplication:

@@ -12,7 +12,9 @@ from shared.domain import CommandContext, RuleBroken
 from shared.store import store_env
 from shared.writer import CommandWriter
 
-CTX = CommandContext(actor="alice", correlation_id="c", causation_id="r")
+CTX = CommandContext(
+    actor="alice", correlation_id="c", causation_id="r", roles=frozenset({"admin"})
+)
 
 
 async def setup_key_result(writer: CommandWriter) -> str:
