@@ -41,6 +41,15 @@ $(PROMTOOL):
 
 promtool: $(PROMTOOL)
 
+## Debian's headless Chromium for the board's browser tests (Playwright drives it; it never
+## downloads a browser of its own). Installed with apt-get when /usr/bin/chromium is missing.
+.PHONY: chromium
+
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@test -x /usr/bin/chromium
+
 ## Start the whole system on the embedded default (SQLite stores, local nats-server if needed).
 run: $(STAMP)
 	$(PY) -m shared run

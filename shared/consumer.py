@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -604,6 +604,23 @@ class Consumer:
         async with self._advanced:
             try:
                 await asyncio.wait_for(self._advanced.wait_for(reached), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def wait_for_progress(self, since: Mapping[str, int], timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait (bounded) until the positions have moved past `since` (a copy of `positions`
+        taken earlier): until more events were applied. Whether they were. For followers that
+        only need to know that something changed, such as the projections' live stream."""
+
+        def moved() -> bool:
+            return self.positions != since
+
+        if moved():
+            return True
+        async with self._advanced:
+            try:
+                await asyncio.wait_for(self._advanced.wait_for(moved), timeout)
             except TimeoutError:
                 return False
         return True

@@ -102,6 +102,30 @@ def _wait_ready(url: str, deadline: float) -> bool:
     return False
 
 
+def _http_base(host: str, port: int) -> str:
+    """The URL a browser on this machine uses for a service bound to `host`."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - bound everywhere: reach it on loopback
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def board_wiring(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The settings that let the board (served by the projections) send commands to the
+    check-in service on another port: that service's URL, and the board's origins allowed
+    by CORS on every service, beside any the operator configured."""
+    board = _http_base(settings.host, service_port(settings, "projections"))
+    origins = [board]
+    if board.startswith(("http://127.0.0.1:", "http://[::1]:")):
+        # The same board opened as localhost is another origin to a browser.
+        origins.append("http://localhost:" + board.rsplit(":", 1)[1])
+    configured = settings.cors_origin_list
+    return {
+        "OKR_CORS_ORIGINS": ",".join(dict.fromkeys([*configured, *origins])),
+        "OKR_BOARD_CHECKINS_URL": env.get("OKR_BOARD_CHECKINS_URL")
+        or _http_base(settings.host, service_port(settings, "checkins")),
+    }
+
+
 def run(services: list[str] | None = None) -> int:
     settings = Settings()
     services = services or SERVICES
@@ -111,6 +135,7 @@ def run(services: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["OKR_DATA_DIR"] = str(settings.data_dir.resolve())
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(board_wiring(settings, env))
     # On a terminal, readable lines; set OKR_LOG_FORMAT=json to get what production gets.
     env.setdefault("OKR_LOG_FORMAT", "text")
 
@@ -153,6 +178,9 @@ def run(services: list[str] | None = None) -> int:
             base = f"http://{settings.host}:{service_port(settings, s)}"
             state = "ready" if ready[s] else "not ready yet"
             lines.append(f"  {s:<12} {base}  API docs {base}/docs  ({state})")
+        if "projections" in services:
+            board = _http_base(settings.host, service_port(settings, "projections"))
+            lines.append(f"  board        {board}/  (sign in with the token below)")
         asyncapi = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
         if asyncapi.exists():
             lines.append(f"  AsyncAPI     {asyncapi}")

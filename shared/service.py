@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
 
 from shared.auth import IdentityProvider, SharedSecret, TokenVerifier
 from shared.consumer import Consumer
@@ -34,6 +35,12 @@ from shared.writer import CommandWriter
 
 RELAY_STUCK_AFTER_S = 30.0
 CONSUMER_STUCK_AFTER_S = 30.0
+
+# What a browser page on another origin (the board) may send and read: bearer tokens, JSON
+# bodies and the command headers; the version and the new resource's address back.
+CORS_METHODS = ["GET", "POST", "PUT", "PATCH"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "If-Match"]
+CORS_EXPOSED = ["ETag", "Location"]
 
 
 @dataclass
@@ -154,9 +161,19 @@ def create_service(
     for router in routers:
         http.include_router(router)
     http.include_router(operations_router(_checks(http)))
-    # Outermost first: metrics see every response, including 413s.
+    # Outermost first: metrics see every response, including 413s and refused preflights.
     http.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     http.add_middleware(RequestContextMiddleware)
+    if settings.cors_origin_list:
+        # Tokens travel in the Authorization header, never in cookies: credentials mode off.
+        http.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSED,
+            max_age=600,
+        )
     http.add_middleware(MetricsMiddleware, service=service)
     return http
 

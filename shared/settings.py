@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
 
 DEFAULT_PORTS = {"goals": 8001, "checkins": 8002, "reviews": 8003, "projections": 8004}
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def is_origin(text: str) -> bool:
+    """Whether `text` is exactly a web origin: http(s), a host, an optional port, nothing else."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "*" not in parts.netloc
+        and not (parts.username or parts.password or parts.path or parts.query or parts.fragment)
+        and not text.endswith(("?", "#"))
+    )
 
 
 class Settings(BaseSettings):
@@ -42,6 +63,10 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     host: str = "127.0.0.1"
+    # Browser origins (`scheme://host[:port]`, comma-separated) allowed to call the services
+    # from another origin: the board, served by the projections, calls the check-in service.
+    # Empty: no CORS headers at all, so browsers keep to the same-origin policy.
+    cors_origins: str = ""
 
     # The JetStream stream every service publishes to (DESIGN §4).
     stream_name: str = "OKR"
@@ -86,6 +111,21 @@ class Settings(BaseSettings):
         ):
             raise ValueError("OKR_DATABASE_URL must be a postgresql:// URL")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: str) -> str:
+        for origin in _comma_list(value):
+            if not is_origin(origin):
+                raise ValueError(
+                    f"OKR_CORS_ORIGINS: {origin!r} is not an origin such as "
+                    "https://okr.example.com (scheme, host and port only; no wildcard)"
+                )
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _comma_list(self.cors_origins)
 
     def jwt_secret_value(self) -> str:
         """The HS256 secret: from settings, else from the launcher's file in the data folder."""

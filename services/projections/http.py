@@ -89,6 +89,25 @@ class CycleNode(BaseModel):
     status: str
 
 
+class CycleSummary(CycleNode):
+    recorded_at: str = Field(description="When the cycle was first recorded: the earliest `as_of`")
+
+
+class CycleList(BaseModel):
+    items: list[CycleSummary]
+
+
+class ReviewSummary(BaseModel):
+    id: UUID
+    team: str
+    status: str = Field(description="open or final")
+
+
+class ReviewList(BaseModel):
+    cycle_id: UUID
+    items: list[ReviewSummary]
+
+
 class OkrTree(BaseModel):
     cycle: CycleNode
     as_of: str | None
@@ -118,6 +137,16 @@ class AuditPage(BaseModel):
 # --- routes -------------------------------------------------------------------------------
 
 views = APIRouter(tags=["views"], responses=PROBLEM_RESPONSES)
+
+
+@views.get(
+    "/v1/cycles",
+    response_model=CycleList,
+    summary="Every cycle, the latest first, with when it was first recorded",
+)
+async def cycles(request: Request, _: Actor, min_position: MinPosition = None) -> JSONResponse:
+    db, t = await _ready(request, min_position)
+    return JSONResponse({"items": await asyncio.to_thread(queries.cycles, db, t)})
 
 
 @views.get(
@@ -297,6 +326,21 @@ async def meetings(
         items = [m for m in items if m["cycle_id"] == str(cycle_id)]
     items.sort(key=lambda m: m["held_on"], reverse=True)
     return JSONResponse({"team": team.strip(), "items": items})
+
+
+@views.get(
+    "/v1/cycles/{cycle_id}/reviews",
+    response_model=ReviewList,
+    summary="The reviews of a cycle, one per team that opened one",
+)
+async def cycle_reviews(
+    cycle_id: UUID, request: Request, _: Actor, min_position: MinPosition = None
+) -> JSONResponse:
+    db, t = await _ready(request, min_position)
+    if await asyncio.to_thread(queries.entity, db, t, "cycle", str(cycle_id)) is None:
+        raise NotFound(f"No cycle with id {cycle_id}")
+    items = await asyncio.to_thread(queries.reviews_of, db, t, str(cycle_id))
+    return JSONResponse({"cycle_id": str(cycle_id), "items": items})
 
 
 @views.get("/v1/reviews/{review_id}", summary="A review with its scores and reflections")

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 
 from services.projections import queries
+from services.projections.board import board_router, origin_of
 from services.projections.http import LiveViews, routers
+from services.projections.live import Stopping, live_router
 from services.projections.rebuild import ensure_generations, live_generation
 from services.projections.views import Tables, Views
 from shared.consumer import Consumer, Inbox
 from shared.contract import SUBSCRIPTIONS
 from shared.service import Runtime, create_service
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, is_origin
 from shared.sql import Database
 from shared.store import ServiceApplication
 from shared.telemetry import KEY_RESULTS
@@ -46,6 +49,18 @@ class ProjectionsSettings(ServiceSettings):
     overdue_cadence_days: int = Field(
         default=7, ge=1, le=365, description="A key result without a check-in for longer is overdue"
     )
+    # Where the board's forms send check-ins and meetings: the check-in service as a browser
+    # reaches it. Its origin must be in that service's OKR_CORS_ORIGINS.
+    board_checkins_url: str = "http://127.0.0.1:8002"
+
+    @field_validator("board_checkins_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = value.rstrip("/")
+        parts = urlsplit(url)
+        if not is_origin(origin_of(url)) or parts.query or parts.fragment:
+            raise ValueError(f"OKR_BOARD_CHECKINS_URL: {value!r} is not an http(s) URL")
+        return url
 
 
 def _consumer(runtime: Runtime, db: Database, tables: Tables) -> Consumer:
@@ -95,15 +110,21 @@ def _wire(runtime: Runtime) -> None:
 
     runtime.background.append(count_key_results)
 
+    stopping = Stopping()
+    runtime.parts["stopping"] = stopping
+    runtime.background.append(stopping.watch)
+
 
 def create_app(settings: ProjectionsSettings | None = None) -> FastAPI:
+    settings = settings or ProjectionsSettings()
     return create_service(
-        settings or ProjectionsSettings(),
+        settings,
         ProjectionsApplication,
-        routers,
+        [*routers, live_router, board_router(settings.board_checkins_url)],
         title="OKR projections",
         description="The OKR tree of a cycle, now or at any past moment (`as_of`); the audit "
         "trail of every change; check-in histories, overdue check-ins, team meetings and "
-        "reviews. Read-only: every view is built from the events on `okr.>`.",
+        "reviews; a live stream of the views' progress; the OKR board at `/`. Read-only: "
+        "every view is built from the events on `okr.>`.",
         on_runtime=_wire,
     )

@@ -130,6 +130,45 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def cycles(db: Database, t: Tables) -> list[State]:
+    """Every cycle, the latest first (by start date), with the moment it was first recorded:
+    the earliest `as_of` at which its tree exists."""
+    with db.transaction(commit=False) as tx:
+        rows = tx.execute(
+            f"SELECT e.id, e.state, (SELECT MIN(h.valid_from) FROM {t.history} h"
+            " WHERE h.kind = 'cycle' AND h.id = e.id) AS recorded_at"
+            f" FROM {t.entities} e WHERE e.kind = 'cycle'"
+        ).fetchall()
+    found = []
+    for r in rows:
+        cycle = json.loads(r["state"])
+        found.append(
+            {
+                "id": r["id"],
+                "name": cycle["name"],
+                "starts_on": cycle["starts_on"],
+                "ends_on": cycle["ends_on"],
+                "status": cycle["status"],
+                "recorded_at": r["recorded_at"],
+            }
+        )
+    found.sort(key=lambda c: (c["starts_on"], c["name"], c["id"]), reverse=True)
+    return found
+
+
+def reviews_of(db: Database, t: Tables, cycle_id: str) -> list[State]:
+    """The reviews of a cycle, one per team that opened one, by team."""
+    with db.transaction(commit=False) as tx:
+        rows = tx.execute(
+            f"SELECT state FROM {t.entities} WHERE cycle_id = ? AND kind = 'review'", (cycle_id,)
+        ).fetchall()
+    found = [json.loads(r["state"]) for r in rows]
+    return sorted(
+        ({"id": r["id"], "team": r["team"], "status": r["status"]} for r in found),
+        key=lambda r: r["team"],
+    )
+
+
 # --- the audit trail ----------------------------------------------------------------------
 
 AUDIT_COLUMNS = (
