@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format token clean
+.PHONY: install run test lint format token clean faults soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,21 @@ run: $(STAMP)
 ## check runs when npm is there to install its validator).
 test: $(STAMP) $(if $(shell command -v npm),$(ASYNCAPI_TOOL_STAMP))
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Faults (also part of `make test`): kill -9 of every process under load, a NATS outage, the
+## cluster's leader killed, duplicates, races, hostile input; then docs/reliability.md from the run.
+faults: $(STAMP)
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+	$(PY) -m tests.faults.report
+
+## The same, longer: several rounds of kills in random order, a 60 s outage, more generated input.
+soak: $(STAMP)
+	OKR_FAULTS_ROUNDS=$${OKR_FAULTS_ROUNDS:-5} OKR_FAULTS_OUTAGE_S=$${OKR_FAULTS_OUTAGE_S:-60} \
+	  OKR_FAULTS_EXAMPLES=$${OKR_FAULTS_EXAMPLES:-200} OKR_FAULTS_RACE_ROUNDS=$${OKR_FAULTS_RACE_ROUNDS:-40} \
+	  OKR_FAULTS_RACE_WINS=$${OKR_FAULTS_RACE_WINS:-10} OKR_FAULTS_RACE_ADJUSTMENTS=$${OKR_FAULTS_RACE_ADJUSTMENTS:-50} \
+	  OKR_FAULTS_RACE_CHECK_INS=$${OKR_FAULTS_RACE_CHECK_INS:-50} \
+	  $(PY) -m pytest tests/faults $(PYTEST_ARGS)
+	$(PY) -m tests.faults.report
 
 ## The lint gate CI runs too.
 lint: $(STAMP)

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import jwt
 
+from shared.schemas import storable
+
 ALGORITHM = "HS256"
 PROVIDER_ALGORITHMS = ("RS256", "ES256")
 MAX_TOKEN_BYTES = 8 * 1024
@@ -85,7 +87,12 @@ def _list_claim(claims: dict[str, Any], key: str) -> frozenset[str]:
 
 def principal_of(claims: dict[str, Any]) -> Principal:
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT_LENGTH:
+    if (
+        not isinstance(subject, str)
+        or not subject.strip()
+        or len(subject) > MAX_SUBJECT_LENGTH
+        or not storable(subject)  # the actor is stored on every event and in every view
+    ):
         raise AuthError("The bearer token has no usable subject (sub)")
     name = claims.get("name")
     return Principal(

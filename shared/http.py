@@ -59,6 +59,7 @@ _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,128}$")
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {PROBLEM_JSON: {}}}
     for code, text in {
+        400: "Malformed JSON, or a JSON body missing where the request needs one",
         401: "Missing or invalid bearer token",
         403: "A command the token's roles and teams do not allow (names the permission)",
         404: "Unknown id",

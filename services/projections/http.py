@@ -24,8 +24,10 @@ from shared.sql import Database
 
 AUDIT_EXPORT_LIMIT = 100_000
 
-Text = Annotated[str | None, Query(min_length=1, max_length=200)]
-Team = Annotated[str, Path(min_length=1, max_length=200)]
+# No NUL: PostgreSQL's text cannot hold one, so a filter with it is a 422, not a failed query.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str | None, Query(min_length=1, max_length=200, pattern=NO_NUL)]
+Team = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class LiveViews:
@@ -361,7 +363,7 @@ async def review(
 async def search(
     request: Request,
     _: Actor,
-    q: Annotated[str, Query(min_length=2, max_length=200)],
+    q: Annotated[str, Query(min_length=2, max_length=200, pattern=NO_NUL)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     min_position: MinPosition = None,
 ) -> JSONResponse:
