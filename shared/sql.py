@@ -9,13 +9,33 @@ turns them into the dialect at hand (`%s` and the service's schema on PostgreSQL
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
 
 from shared.store import ServiceApplication, dialect
+
+
+@contextmanager
+def _store_failures() -> Iterator[None]:
+    """The driver's "the database is not there" errors as the library's `PersistenceError`s.
+
+    Code that applies an event inside a transaction tells a store failure (retry the event
+    later) from an event its projector cannot apply (set the event aside) by `PersistenceError`.
+    The drivers raise their own classes mid-transaction — a PostgreSQL server killed under a
+    consumer raises `psycopg.errors.AdminShutdown` — and the library translates them only when
+    the transaction ends: too late for that choice."""
+    try:
+        yield
+    except (psycopg.OperationalError, sqlite3.OperationalError) as e:
+        raise OperationalError(str(e)) from e
+    except (psycopg.InterfaceError, sqlite3.InterfaceError) as e:
+        raise InterfaceError(str(e)) from e
 
 
 class Tx:
@@ -26,18 +46,22 @@ class Tx:
         self._cursor = cursor
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Tx:
-        self._cursor.execute(self._db.sql(statement), tuple(params))
+        with _store_failures():
+            self._cursor.execute(self._db.sql(statement), tuple(params))
         return self
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            self._cursor.executemany(self._db.sql(statement), [tuple(r) for r in rows])
+            with _store_failures():
+                self._cursor.executemany(self._db.sql(statement), [tuple(r) for r in rows])
 
     def fetchone(self) -> Any:
-        return self._cursor.fetchone()
+        with _store_failures():
+            return self._cursor.fetchone()
 
     def fetchall(self) -> list[Any]:
-        return list(self._cursor.fetchall())
+        with _store_failures():
+            return list(self._cursor.fetchall())
 
 
 class Database:
