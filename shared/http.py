@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -67,6 +68,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         412: "If-Match does not match the current version",
         413: "Body too large",
         422: "Invalid input",
+        503: "The event store is unreachable; nothing was recorded (retry after Retry-After)",
     }.items()
 }
 
@@ -174,6 +176,18 @@ async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Respons
     )
 
 
+async def _store_unreachable(request: Request, exc: PersistenceError) -> Response:
+    # A read (or a check before a command) that found the database gone: the same answer as a
+    # command's, since retrying is all a client can do. Bugs (ProgrammingError...) stay 500s.
+    log.warning("store unreachable on %s %s: %s", request.method, request.url.path, exc)
+    return problem(
+        503,
+        "Service unavailable",
+        "The event store is unreachable; nothing was recorded. Retry later.",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "An unexpected error occurred; nothing was recorded")
@@ -185,6 +199,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, _auth_error)  # type: ignore[arg-type]
     app.add_exception_handler(DomainError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
+    for unreachable in (OperationalError, InterfaceError):
+        app.add_exception_handler(unreachable, _store_unreachable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -327,12 +343,17 @@ def _verifier(request: Request) -> TokenVerifier:
     return verifier
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    # A plain `def`: FastAPI runs it in the thread pool, where a JWKS fetch may block.
-    return _verifier(request).verify(bearer_token(authorization))
+    verifier = _verifier(request)
+    token = bearer_token(authorization)
+    # A shared-secret check is a few microseconds of CPU: done inline. A provider's check may
+    # fetch its key set, so it goes to the thread pool.
+    if getattr(verifier, "blocking", True):
+        return await run_in_threadpool(verifier.verify, token)
+    return verifier.verify(token)
 
 
 def _header_id(value: str | None, name: str) -> str | None:
@@ -343,7 +364,7 @@ def _header_id(value: str | None, name: str) -> str | None:
     return value
 
 
-def command_context_dep(
+async def command_context_dep(
     request: Request,
     principal: Annotated[Principal, Depends(current_principal)],
     x_correlation_id: Annotated[str | None, Header()] = None,
@@ -388,7 +409,7 @@ async def idempotency_dep(
     return Idempotency(key=key, fingerprint=fingerprint)
 
 
-def if_match_dep(
+async def if_match_dep(
     if_match: Annotated[
         str | None,
         Header(description='Expected version as an ETag, e.g. "3": a mismatch answers 412'),

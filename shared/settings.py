@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
     consumer_poll_interval_s: float = Field(default=1.0, gt=0)
 
+    # How long a statement waits for a free PostgreSQL connection. In an outage the library
+    # tries each read ten times, so a request answers 503 after about ten times this.
+    database_wait_s: int = Field(default=5, ge=1, le=60)
+
     # Bounded wait for read-your-writes (`min_position`).
     read_wait_timeout_s: float = Field(default=5.0, ge=0)
 

@@ -386,7 +386,7 @@ def store_env(settings: ServiceSettings) -> dict[str, str]:
         "POSTGRES_SCHEMA": settings.database_schema,
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "8",
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_CONNECT_TIMEOUT": str(settings.database_wait_s),
         "POSTGRES_PRE_PING": "y",
         "APPLICATION_RECORDER_TOPIC": "shared.store:PostgresStoreRecorder",
     }

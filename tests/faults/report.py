@@ -34,6 +34,11 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "NATS is stopped under load: commands must keep succeeding (the store comes first), and "
         "the backlog drains in order once it is back.",
     ),
+    "store-outage": (
+        "Store outage",
+        "The PostgreSQL server is killed under running services: reads of the store and commands "
+        "answer 503 with Retry-After, nothing is recorded, and all answer again once it is back.",
+    ),
     "cluster": (
         "Cluster",
         "A 3-node NATS cluster; the stream leader is killed under load.",

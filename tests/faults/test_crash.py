@@ -69,8 +69,10 @@ def _with_postgres(store: str) -> bool:
     return True
 
 
-async def _start(base: Path, store: str) -> ProcessSystem:
+async def _start(base: Path, store: str, **env: str) -> ProcessSystem:
     system = ProcessSystem.create(base, with_postgres=_with_postgres(store))
+    for svc in system.services.values():
+        svc.env |= env
     if system.postgres is not None:
         await asyncio.to_thread(system.postgres.init)
         await asyncio.to_thread(system.postgres.start)
