@@ -15,7 +15,9 @@ Anything wrong is a 401.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +31,7 @@ MAX_TOKEN_BYTES = 8 * 1024
 MAX_SUBJECT_LENGTH = 200
 MAX_LIST_CLAIM = 100
 LEEWAY_S = 30
+VERIFIED_CACHE_SIZE = 4096
 ROLES = frozenset({"admin", "lead", "member", "viewer"})
 
 
@@ -46,6 +49,9 @@ class Principal:
 
 
 class TokenVerifier(Protocol):
+    # True when `verify` may block (fetch keys over the network): it then runs in a thread.
+    blocking: bool
+
     def verify(self, token: str) -> Principal: ...
 
 
@@ -85,6 +91,39 @@ def _list_claim(claims: dict[str, Any], key: str) -> frozenset[str]:
     return frozenset(v.strip() for v in value)
 
 
+class VerifiedTokens:
+    """Tokens already verified, kept until they expire: a client sends the same token with
+    every request, and checking its signature and claims again costs more than the rest of a
+    request's authentication. Bounded (least recently used go first) and thread-safe."""
+
+    def __init__(self, size: int = VERIFIED_CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> Principal | None:
+        with self._lock:
+            item = self._items.get(token)
+            if item is None:
+                return None
+            expires, principal = item
+            if time.time() > expires:  # verify again: that raises "expired"
+                del self._items[token]
+                return None
+            self._items.move_to_end(token)
+            return principal
+
+    def put(self, token: str, principal: Principal) -> None:
+        exp = principal.claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return
+        with self._lock:
+            self._items[token] = (float(exp) + LEEWAY_S, principal)
+            self._items.move_to_end(token)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 def principal_of(claims: dict[str, Any]) -> Principal:
     subject = claims.get("sub")
     if (
@@ -121,12 +160,19 @@ def _decode(token: str, key: Any, algorithms: list[str], **kwargs: Any) -> dict[
 class SharedSecret:
     """HS256 tokens signed with the deployment's own secret."""
 
+    blocking = False
+
     def __init__(self, secret: str) -> None:
         self.secret = secret
+        self.verified = VerifiedTokens()
 
     def verify(self, token: str) -> Principal:
-        claims = _decode(token, self.secret, [ALGORITHM], options={"require": ["sub", "exp"]})
-        return principal_of(claims)
+        principal = self.verified.get(token)
+        if principal is None:
+            claims = _decode(token, self.secret, [ALGORITHM], options={"require": ["sub", "exp"]})
+            principal = principal_of(claims)
+            self.verified.put(token, principal)
+        return principal
 
 
 class IdentityProvider:
@@ -134,8 +180,10 @@ class IdentityProvider:
 
     pyjwt's `PyJWKClient` caches the key set (5 minutes) and fetches it again when a token
     names a `kid` it does not have, so a rotated key works without a restart. The fetch is
-    blocking: this runs in the thread pool (`current_principal` is a plain `def`).
+    blocking: this runs in the thread pool (`blocking`).
     """
+
+    blocking = True
 
     def __init__(
         self,
@@ -153,8 +201,16 @@ class IdentityProvider:
         self.keys = jwt.PyJWKClient(
             jwks_url, lifespan=lifespan_s, timeout=timeout_s, cooldown_duration=0
         )
+        self.verified = VerifiedTokens()
 
     def verify(self, token: str) -> Principal:
+        principal = self.verified.get(token)
+        if principal is None:
+            principal = self._verify(token)
+            self.verified.put(token, principal)
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("The bearer token is too large")
         try:

@@ -2,9 +2,10 @@
 
 It tails the notification log, publishes each stored event to JetStream as a CloudEvents
 envelope (after commit, in log order, pipelined in batches), and records in the same store how
-far it got. After a crash it starts again from the recorded position: anything published but
-not yet recorded goes out again with the same `Nats-Msg-Id`, which JetStream drops within its
-duplicate window and subscribers drop by (source, sequence) after it.
+far it got (after each full batch, and at most once a second under a trickle). After a crash
+it starts again from the recorded position: anything published but not yet recorded goes out
+again with the same `Nats-Msg-Id`, which JetStream drops within its duplicate window and
+subscribers drop by (source, sequence) after it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
+from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from shared import contract
@@ -33,6 +37,15 @@ from shared.telemetry import (
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Page:
+    """Notifications published together, and JetStream's acknowledgements to come."""
+
+    notifications: Sequence[Notification]
+    futures: list[asyncio.Future[PubAck]]
+    started: float
+
+
 class Relay:
     def __init__(
         self,
@@ -44,6 +57,7 @@ class Relay:
         batch_size: int = 500,
         poll_interval: float = 0.5,
         publish_timeout: float = 5.0,
+        record_every: float = 1.0,
     ) -> None:
         self.app = app
         self.service = service
@@ -53,7 +67,12 @@ class Relay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
+        self.record_every = record_every
         self.position = 0
+        # What the store says was published, and when that was last written.
+        self._recorded = 0
+        self._recorded_at = 0.0
+        self._backlog_checked_at = 0.0
         self.last_error: str | None = None
         self.last_progress = time.monotonic()
         self.caught_up = False
@@ -73,6 +92,10 @@ class Relay:
         self._stopping = True
         await stop_task(self._task)
         self._task = None
+        if self.position > self._recorded:
+            # Best effort: what is not recorded is published again (and dropped) next time.
+            with contextlib.suppress(Exception):
+                await self._record()
         await self._worker.close()
 
     def wake(self) -> None:
@@ -122,68 +145,116 @@ class Relay:
         self.position = (
             await self._worker.run(recorder.max_tracking_id, RELAY_TRACKING_NAME)  # type: ignore[attr-defined]
         ) or 0
+        self._recorded, self._recorded_at = self.position, time.monotonic()
         RELAY_POSITION.labels(self.service).set(self.position)
+        # Two pages in flight: the next one is read and published while JetStream acknowledges
+        # the previous one, so neither the store nor NATS waits on the other.
+        read_to = self.position
+        in_flight: _Page | None = None
         while not self._stopping:
             self._wakeup.clear()
             notifications = await self._worker.run(
                 recorder.select_notifications,
-                self.position,
+                read_to,
                 self.batch_size,
                 inclusive_of_start=False,
             )
-            if not notifications:
-                self.caught_up = True
-                self.last_error = None
-                RELAY_BACKLOG.labels(self.service).set(0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
-                continue
-            if self.caught_up:
-                # Idle time is not lack of progress: start the clock at the new backlog.
-                self.last_progress = time.monotonic()
-            self.caught_up = False
-            started = time.perf_counter()
-            futures: list[asyncio.Future[PubAck]] = []
-            for n in notifications:
-                event = self.app.mapper.to_domain_event(n)
-                body = contract.encode(contract.envelope(self.service, n.id, event))
-                futures.append(
-                    await js.publish_async(
-                        contract.subject_for(self.service, type(event)),
-                        body,
-                        stream=self.stream,
-                        headers={"Nats-Msg-Id": contract.msg_id(self.source, n.id)},
-                    )
-                )
-            # Record the longest prefix that JetStream acknowledged: later messages of a
-            # failed batch are republished (and deduplicated) in the next round.
-            acked = 0
-            error: BaseException | None = None
-            for fut in futures:
+            page: _Page | None = None
+            if notifications:
+                if self.caught_up and in_flight is None:
+                    # Idle time is not lack of progress: start the clock at the new backlog.
+                    self.last_progress = time.monotonic()
+                self.caught_up = False
+                page = await self._publish(js, notifications)
+                read_to = notifications[-1].id
+            if in_flight is not None:
                 try:
-                    ack = await asyncio.wait_for(fut, self.publish_timeout)
-                except Exception as e:
-                    error = e
-                    break
-                if ack.duplicate:
-                    RELAY_DUPLICATES.labels(self.service).inc()
-                acked += 1
-            for fut in futures[acked:]:
-                fut.cancel()
-            if acked:
-                last = notifications[acked - 1].id
-                await self._worker.run(
-                    recorder.insert_tracking,  # type: ignore[attr-defined]
-                    Tracking(application_name=RELAY_TRACKING_NAME, notification_id=last),
-                )
-                self.position = last
-                self.last_progress = time.monotonic()
-                RELAY_PUBLISHED.labels(self.service).inc(acked)
-                RELAY_POSITION.labels(self.service).set(last)
-                RELAY_PUBLISH_LATENCY.labels(self.service).observe(time.perf_counter() - started)
-            if error is not None:
-                raise error
+                    await self._settle(in_flight)
+                except BaseException:
+                    if page is not None:
+                        for fut in page.futures:
+                            fut.cancel()
+                    raise
+            in_flight = page
+            if in_flight is not None:
+                continue
+            # Nothing in flight and nothing new: caught up.
+            self.caught_up = True
             self.last_error = None
-            if len(notifications) < self.batch_size:
-                max_id = await self._worker.run(recorder.max_notification_id)
-                RELAY_BACKLOG.labels(self.service).set(max(0, (max_id or 0) - self.position))
+            RELAY_BACKLOG.labels(self.service).set(0)
+            wait = self.poll_interval
+            if self.position > self._recorded:
+                due = self._recorded_at + self.record_every - time.monotonic()
+                if due <= 0:
+                    await self._record()
+                    continue
+                wait = min(wait, due)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+
+    async def _publish(self, js: JetStreamContext, notifications: Sequence[Notification]) -> _Page:
+        """Publish a page without waiting for the acknowledgements."""
+        started = time.perf_counter()
+        futures: list[asyncio.Future[PubAck]] = []
+        for n in notifications:
+            event = self.app.mapper.to_domain_event(n)
+            body = contract.encode(contract.envelope(self.service, n.id, event))
+            futures.append(
+                await js.publish_async(
+                    contract.subject_for(self.service, type(event)),
+                    body,
+                    stream=self.stream,
+                    headers={"Nats-Msg-Id": contract.msg_id(self.source, n.id)},
+                )
+            )
+        return _Page(notifications, futures, started)
+
+    async def _settle(self, page: _Page) -> None:
+        """Wait for a page's acknowledgements and move the position over the longest
+        acknowledged prefix: later messages of a failed page are republished (and
+        deduplicated) in the next round."""
+        acked = 0
+        error: BaseException | None = None
+        for fut in page.futures:
+            try:
+                ack = await asyncio.wait_for(fut, self.publish_timeout)
+            except Exception as e:
+                error = e
+                break
+            if ack.duplicate:
+                RELAY_DUPLICATES.labels(self.service).inc()
+            acked += 1
+        for fut in page.futures[acked:]:
+            fut.cancel()
+        if acked:
+            last = page.notifications[acked - 1].id
+            self.position = last
+            # Recording is a commit (an fsync on SQLite) competing with the writer's: under a
+            # trickle of commands, record at most every `record_every` seconds; through a
+            # backlog, after each full batch. A crash republishes at most that much, which
+            # JetStream and the consumers drop as duplicates.
+            if (
+                last - self._recorded >= self.batch_size
+                or time.monotonic() - self._recorded_at >= self.record_every
+            ):
+                await self._record()
+            self.last_progress = time.monotonic()
+            RELAY_PUBLISHED.labels(self.service).inc(acked)
+            RELAY_POSITION.labels(self.service).set(last)
+            RELAY_PUBLISH_LATENCY.labels(self.service).observe(time.perf_counter() - page.started)
+        if error is not None:
+            raise error
+        self.last_error = None
+        now = time.monotonic()
+        if len(page.notifications) < self.batch_size and now - self._backlog_checked_at >= 1.0:
+            self._backlog_checked_at = now
+            max_id = await self._worker.run(self.app.recorder.max_notification_id)
+            RELAY_BACKLOG.labels(self.service).set(max(0, (max_id or 0) - self.position))
+
+    async def _record(self) -> None:
+        position = self.position
+        await self._worker.run(
+            self.app.recorder.insert_tracking,  # type: ignore[attr-defined]
+            Tracking(application_name=RELAY_TRACKING_NAME, notification_id=position),
+        )
+        self._recorded, self._recorded_at = position, time.monotonic()

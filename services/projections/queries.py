@@ -18,18 +18,24 @@ State = dict[str, Any]
 # --- the OKR tree -------------------------------------------------------------------------
 
 
+TREE_KINDS = "('cycle', 'objective', 'key_result', 'progress')"
+
+
 def _states(tx: Tx, t: Tables, cycle_id: str, as_of: str | None) -> dict[tuple[str, str], State]:
     """Every entity of the cycle, by (kind, id): now, or as it was at `as_of`."""
+    # Only the kinds the tree shows: a cycle's check-ins outnumber everything else in it.
     if as_of is None:
         rows = tx.execute(
-            f"SELECT kind, id, state FROM {t.entities} WHERE cycle_id = ?", (cycle_id,)
+            f"SELECT kind, id, state FROM {t.entities} WHERE cycle_id = ? AND kind IN {TREE_KINDS}",
+            (cycle_id,),
         ).fetchall()
     else:
         # The last state of each entity that came into being at or before `as_of`.
         rows = tx.execute(
             f"SELECT h.kind, h.id, h.state FROM {t.history} h JOIN ("
             f" SELECT kind, id, MAX(pos) AS pos FROM {t.history}"
-            " WHERE cycle_id = ? AND valid_from <= ? GROUP BY kind, id) latest"
+            f" WHERE cycle_id = ? AND valid_from <= ? AND kind IN {TREE_KINDS}"
+            " GROUP BY kind, id) latest"
             " ON h.kind = latest.kind AND h.id = latest.id AND h.pos = latest.pos",
             (cycle_id, as_of),
         ).fetchall()

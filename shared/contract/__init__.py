@@ -11,6 +11,7 @@ import re
 import uuid
 from dataclasses import fields
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import orjson
@@ -45,11 +46,13 @@ def event_names(event_class: type) -> tuple[str, str]:
     return snake(aggregate.split(".")[-1]), snake(name)
 
 
+@cache  # per event class: the relay asks for every event it publishes
 def subject_for(service: str, event_class: type) -> str:
     aggregate, name = event_names(event_class)
     return f"okr.{service}.{aggregate}.{name}"
 
 
+@cache
 def type_for(service: str, event_class: type) -> str:
     version = getattr(event_class, "class_version", 1)
     return f"{subject_for(service, event_class)}.v{version}"
@@ -86,7 +89,13 @@ SUBSCRIPTIONS: dict[str, tuple[str, list[str]]] = {
 
 def public_data(event: Any) -> dict[str, Any]:
     """The event's own fields: everything but identity, time and the command context."""
-    return {f.name: getattr(event, f.name) for f in fields(event) if f.name not in META_FIELDS}
+    cls: Any = type(event)  # classes are hashable; typing's `type` is not `Hashable`
+    return {name: getattr(event, name) for name in _public_fields(cls)}
+
+
+@cache
+def _public_fields(event_class: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(event_class) if f.name not in META_FIELDS)
 
 
 def msg_id(source: str, sequence: int) -> str:
@@ -96,11 +105,12 @@ def msg_id(source: str, sequence: int) -> str:
 def envelope(service: str, sequence: int, event: Any) -> dict[str, Any]:
     """The CloudEvents envelope of a stored domain event at `sequence` in its service's log."""
     timestamp: datetime = event.timestamp
+    cls: Any = type(event)
     return {
         "specversion": SPEC_VERSION,
         "id": event_id(event.originator_id, event.originator_version),
         "source": f"okr/{service}",
-        "type": type_for(service, type(event)),
+        "type": type_for(service, cls),
         "subject": str(event.originator_id),
         "time": timestamp.isoformat(),
         "datacontenttype": CONTENT_TYPE,

@@ -112,8 +112,10 @@ async def test_crash_between_publish_and_record_republishes_without_duplicates(
     finally:
         await relay.stop()
         await link.close()
-    # The first batch went out twice; JetStream recognised every repeat by its Nats-Msg-Id.
-    assert RELAY_DUPLICATES.labels("goals")._value.get() - before == 500
+    # Both pages were in flight when recording failed (the second is published while the
+    # first is acknowledged): all 700 went out twice, and JetStream recognised every repeat
+    # by its Nats-Msg-Id.
+    assert RELAY_DUPLICATES.labels("goals")._value.get() - before == 700
     assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
 
 
