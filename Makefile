@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install run test lint format token clean faults soak
+.PHONY: install run test lint format token clean faults soak bench bench-smoke bench-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,22 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	@test -x /usr/bin/chromium
 
+## wrk (Debian's package) generates the benchmarks' HTTP load: C, one thread, little CPU.
+bench-tools:
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+	@command -v wrk >/dev/null
+
+## Benchmarks (bench/): every figure beside its ceiling measured in the same run. On a quiet
+## machine; the full run takes long (1,000,000 stored events per store). BENCH_ARGS narrows it,
+## e.g. BENCH_ARGS="--stores sqlite --phases 10000,100000".
+bench: $(STAMP) bench-tools
+	$(PY) -m bench $(BENCH_ARGS)
+
+## The same at a tiny size: shows the harness works (CI runs it); its figures mean nothing.
+bench-smoke: $(STAMP) bench-tools
+	$(PY) -m bench --smoke $(BENCH_ARGS)
+
 ## Start the whole system on the embedded default (SQLite stores, local nats-server if needed).
 run: $(STAMP)
 	$(PY) -m shared run
@@ -78,7 +95,7 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services bench
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

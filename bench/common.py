@@ -1,0 +1,191 @@
+"""What every benchmark shares: a NATS server and a store of its own, the settings of each
+service pointed at them, and how a figure is reported beside its ceiling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pydantic import SecretStr
+
+from services.checkins.main import CheckinsSettings
+from services.goals.main import GoalsSettings
+from services.projections.main import ProjectionsSettings
+from services.reviews.main import ReviewsSettings
+from shared.launcher import nats_server_binary
+from shared.settings import ServiceSettings
+
+# A benchmark's own secret: its tokens are minted here and never leave the run.
+SECRET = "bench-secret-" + uuid.uuid4().hex
+SETTINGS: dict[str, type[ServiceSettings]] = {
+    "goals": GoalsSettings,
+    "checkins": CheckinsSettings,
+    "reviews": ReviewsSettings,
+    "projections": ProjectionsSettings,
+}
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+class Nats:
+    """A nats-server with JetStream on a free port, its store in a folder of the run."""
+
+    def __init__(self, base: Path) -> None:
+        self.port = free_port()
+        self.dir = base / f"nats-{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js"]
+        self.proc = subprocess.Popen(
+            [*command, "-sd", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class Store:
+    """Where the services of one run keep their events: a SQLite folder, or a PostgreSQL
+    database created for the run (and dropped after it)."""
+
+    kind: str  # "sqlite" or "postgres"
+    data_dir: Path
+    database_url: str | None = None
+    _admin_url: str | None = field(default=None, repr=False)
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, kind: str, base: Path, admin_url: str | None = None) -> Iterator[Store]:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=base))
+        if kind == "sqlite":
+            try:
+                yield cls(kind, data_dir)
+            finally:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            return
+        admin = admin_url or os.environ.get("OKR_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+        name = f"okr_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"{admin.rsplit('/', 1)[0]}/{name}"
+        try:
+            yield cls(kind, data_dir, url, admin)
+        finally:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def settings(self, service: str, nats_url: str, **extra: Any) -> ServiceSettings:
+        """The settings a service of this run reads (in-process use)."""
+        return SETTINGS[service](
+            jwt_secret=SecretStr(SECRET),
+            nats_url=nats_url,
+            data_dir=self.data_dir,
+            database_url=SecretStr(self.database_url) if self.database_url else None,
+            log_level="WARNING",
+            **extra,
+        )
+
+    def environment(self, nats_url: str) -> dict[str, str]:
+        """The environment of a service process of this run."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OKR_")}
+        env |= {
+            "OKR_JWT_SECRET": SECRET,
+            "OKR_NATS_URL": nats_url,
+            "OKR_DATA_DIR": str(self.data_dir),
+            "OKR_LOG_LEVEL": "WARNING",
+            "OKR_LOG_FORMAT": "text",
+        }
+        if self.database_url is not None:
+            env["OKR_DATABASE_URL"] = self.database_url
+        return env
+
+
+def postgres_reachable(admin_url: str | None = None) -> bool:
+    admin = admin_url or os.environ.get("OKR_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+    try:
+        with psycopg.connect(admin, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@dataclass
+class Figure:
+    """One measured figure, with the ceiling it is compared to (measured in the same run)."""
+
+    bench: str
+    store: str
+    name: str
+    value: float
+    unit: str
+    ceiling: float | None = None
+    ceiling_name: str | None = None
+    target: str | None = None  # e.g. ">= 0.5" of the ratio, or "<= 3" of the value
+    met: bool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ceiling in (None, 0):
+            return None
+        return self.value / self.ceiling  # type: ignore[operator]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bench": self.bench,
+            "store": self.store,
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "ceiling": self.ceiling,
+            "ceiling_name": self.ceiling_name,
+            "ratio": self.ratio,
+            "target": self.target,
+            "met": self.met,
+            "detail": self.detail,
+        }
+
+
+def judge(value: float, target: str) -> bool:
+    """Whether `value` meets a target written as ">= x" or "<= x"."""
+    op, number = target.split()
+    return value >= float(number) if op == ">=" else value <= float(number)

@@ -1,0 +1,413 @@
+"""The benchmarks that go through HTTP, against the services as separate processes:
+check-in throughput beside the bare-FastAPI ceiling, single-client latency, command →
+projection latency under a held load, `as_of` against the current tree, and each process's
+memory as the history grows."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+
+from bench import wrk
+from bench.common import SECRET, Figure, Nats, Store, free_port, judge
+from shared.auth import mint_token
+from shared.nats import ensure_stream
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("goals", "checkins", "reviews", "projections")
+
+
+def bench_token() -> str:
+    return mint_token(SECRET, "bench", roles=["admin"], ttl_s=24 * 3600)
+
+
+async def declare_stream(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await ensure_stream(nc.jetstream(), Settings(nats_url=nats_url))
+    finally:
+        await nc.close()
+
+
+@dataclass
+class Process:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} not ready after {timeout} s: {self.log.read_text()[-2000:]}"
+        )
+
+    def memory_kib(self) -> dict[str, int]:
+        """Resident memory now and at its peak (VmRSS, VmHWM)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return {
+            "rss": int(fields["VmRSS"].split()[0]),
+            "peak": int(fields["VmHWM"].split()[0]),
+        }
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@dataclass
+class System:
+    """The four services (and the ceiling app) as processes, on one store and one NATS."""
+
+    store: Store
+    nats: Nats
+    base: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        env = self.store.environment(self.nats.url) | {
+            "PYTHONPATH": str(ROOT),
+            "OKR_RELAY_POLL_INTERVAL_S": "0.2",
+        }
+        for name in SERVICES:
+            port = free_port()
+            self.processes[name] = Process(
+                name,
+                [sys.executable, "-m", f"services.{name}"],
+                env | {f"OKR_{name.upper()}_PORT": str(port)},
+                port,
+                self.base / f"{name}.log",
+            )
+        port = free_port()
+        self.processes["ceiling"] = Process(
+            "ceiling",
+            [sys.executable, "-m", "bench.ceiling"],
+            env | {"OKR_BENCH_CEILING_PORT": str(port)},
+            port,
+            self.base / "ceiling.log",
+        )
+
+    def url(self, name: str) -> str:
+        return self.processes[name].url
+
+    def start(self) -> None:
+        for process in self.processes.values():
+            process.start()
+        for process in self.processes.values():
+            process.wait_ready()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+
+
+async def caught_up(system: System, positions: dict[str, int], timeout: float = 1800) -> float:
+    """Wait until the checkins catalogue and the projections have applied `positions`
+    (service -> highest notification id); returns the seconds it took."""
+    started = time.monotonic()
+    token = bench_token()
+    wanted = [f"{service}:{n}" for service, n in positions.items() if n]
+    checks = [
+        (system.url("checkins"), "/v1/catalogue", [p for p in wanted if p.startswith("goals:")]),
+        (system.url("projections"), "/v1/cycles", wanted),
+    ]
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+        for base, path, at in checks:
+            while True:
+                r = await c.get(f"{base}{path}", params={"min_position": at})
+                if r.status_code == 200:
+                    break
+                if r.status_code != 409 or time.monotonic() - started > timeout:
+                    raise RuntimeError(f"{base}{path} did not catch up: {r.status_code} {r.text}")
+    return time.monotonic() - started
+
+
+# --- 1. throughput and single-client latency --------------------------------------------
+
+
+def throughput(
+    system: System, store: str, ids: list[str], clients: list[int], seconds: float
+) -> tuple[list[Figure], float]:
+    """Check-ins at each number of clients beside the ceiling app, run back to back so both
+    see the same machine. Returns the figures and the best check-in rate."""
+    token = bench_token()
+    figures: list[Figure] = []
+    best = 0.0
+    for n in clients:
+        ceiling = wrk.run(system.url("ceiling"), ids, token, connections=n, seconds=seconds)
+        real = wrk.run(system.url("checkins"), ids, token, connections=n, seconds=seconds)
+        if real.failed or ceiling.failed:
+            raise RuntimeError(
+                f"errors under load: checkins {real.errors}, ceiling {ceiling.errors}"
+            )
+        best = max(best, real.rate)
+        figures.append(
+            Figure(
+                "checkins",
+                store,
+                f"check-ins/s, {n} client{'s' if n > 1 else ''}",
+                real.rate,
+                "req/s",
+                ceiling=ceiling.rate,
+                ceiling_name="bare FastAPI POST (same body model and token check)",
+                target=">= 0.5" if n > 1 else None,
+                met=judge(real.rate / ceiling.rate, ">= 0.5") if n > 1 else None,
+                detail={"checkins": real.as_dict(), "ceiling": ceiling.as_dict()},
+            )
+        )
+        if n == 1:
+            limit = "<= 3" if store == "sqlite" else "<= 5"
+            figures.append(
+                Figure(
+                    "checkins",
+                    store,
+                    "command p50, 1 client",
+                    real.p50_ms,
+                    "ms",
+                    ceiling=ceiling.p50_ms,
+                    ceiling_name="bare FastAPI POST p50",
+                    target=limit,
+                    met=judge(real.p50_ms, limit),
+                    detail={"p90_ms": real.p90_ms, "p99_ms": real.p99_ms},
+                )
+            )
+    return figures, best
+
+
+# --- 2. command -> projection latency under a held load ---------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def _probe(
+    system: System, ids: list[str], stop: asyncio.Event, every_s: float
+) -> tuple[list[float], list[float]]:
+    """Check in, then read the projections with `min_position` of the answer; the time from
+    sending the command to the projections' answer, and the part spent in the read."""
+    token = bench_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    totals: list[float] = []
+    reads: list[float] = []
+    checkins, projections = system.url("checkins"), system.url("projections")
+    async with httpx.AsyncClient(headers=headers, timeout=30) as c:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            kr = ids[i % len(ids)]
+            body = {"value": i % 100, "confidence": i % 11, "note": "probe"}
+            started = time.perf_counter()
+            r = await c.post(f"{checkins}/v1/key-results/{kr}/check-ins", json=body)
+            if r.status_code != 201:
+                raise RuntimeError(f"probe check-in: {r.status_code} {r.text}")
+            answered = time.perf_counter()
+            r = await c.get(
+                f"{projections}/v1/cycles", params={"min_position": r.json()["position"]}
+            )
+            if r.status_code != 200:
+                raise RuntimeError(f"probe read: {r.status_code} {r.text}")
+            done = time.perf_counter()
+            totals.append((done - started) * 1000)
+            reads.append((done - answered) * 1000)
+            await asyncio.sleep(max(0.0, every_s - (done - started)))
+    return totals, reads
+
+
+async def _held_load(
+    system: System, ids: list[str], rate: float, seconds: float, connections: int = 16
+) -> tuple[wrk.WrkResult, float]:
+    """wrk at about `rate` req/s: each connection pauses between requests; the pause is
+    calibrated in two short runs. Returns the measured run and the pause used."""
+    token = bench_token()
+    pause = max(0.0, connections / rate * 1000 - 2)
+    for _ in range(2):
+        trial = await asyncio.to_thread(
+            wrk.run, system.url("checkins"), ids, token, connections=connections, seconds=3,
+            delay_ms=pause,
+        )  # fmt: skip
+        if trial.rate <= 0:
+            break
+        # Per connection: 1000 / (pause + service time) requests a second.
+        service_ms = max(0.0, connections * 1000 / trial.rate - pause)
+        pause = max(0.0, connections * 1000 / rate - service_ms)
+    result = await asyncio.to_thread(
+        wrk.run, system.url("checkins"), ids, token, connections=connections, seconds=seconds,
+        delay_ms=pause,
+    )  # fmt: skip
+    return result, pause
+
+
+async def projection_latency(
+    system: System, store: str, ids: list[str], best: float, shares: list[float], seconds: float
+) -> list[Figure]:
+    figures = []
+    for share in shares:
+        stop = asyncio.Event()
+        probe = asyncio.create_task(_probe(system, ids, stop, every_s=0.05))
+        load, pause = await _held_load(system, ids, best * share, seconds)
+        stop.set()
+        totals, reads = await probe
+        if load.failed:
+            raise RuntimeError(f"errors under held load: {load.errors}")
+        held = load.rate / best
+        for q, limit in ((50, "<= 10"), (95, None), (99, "<= 50")):
+            value = _percentile(totals, q)
+            figures.append(
+                Figure(
+                    "to-projection",
+                    store,
+                    f"command → projection p{q}, load {held:.0%} of max",
+                    value,
+                    "ms",
+                    target=limit if share <= 0.5 else None,
+                    met=judge(value, limit) if limit and share <= 0.5 else None,
+                    detail={
+                        "samples": len(totals),
+                        "read_part_ms": round(_percentile(reads, q), 3),
+                        "load": load.as_dict(),
+                        "pause_ms": round(pause, 1),
+                        "max_rate": round(best, 1),
+                    },
+                )
+            )
+    return figures
+
+
+# --- 5. as_of against the current tree ------------------------------------------------
+
+
+async def as_of(
+    system: System, store: str, cycle_id: str, at: str, events: int, rounds: int = 30
+) -> list[Figure]:
+    token = bench_token()
+    url = f"{system.url('projections')}/v1/cycles/{cycle_id}/okrs"
+    timings: dict[str, list[float]] = {"current": [], "as_of": []}
+    sizes: dict[str, int] = {}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+        for _ in range(rounds):  # interleaved, so both see the same machine
+            for kind, params in (("current", {}), ("as_of", {"as_of": at})):
+                started = time.perf_counter()
+                r = await c.get(url, params=params)
+                timings[kind].append((time.perf_counter() - started) * 1000)
+                if r.status_code != 200:
+                    raise RuntimeError(f"tree {kind}: {r.status_code} {r.text[:300]}")
+                sizes[kind] = len(r.content)
+    current = statistics.median(timings["current"])
+    past = statistics.median(timings["as_of"])
+    return [
+        Figure(
+            "as_of",
+            store,
+            f"tree as_of p50 ({events:,} events)",
+            past,
+            "ms",
+            ceiling=current,
+            ceiling_name="current tree p50",
+            target="<= 5",
+            met=judge(past / current, "<= 5"),
+            detail={
+                "rounds": rounds,
+                "bytes": sizes,
+                "current_p90_ms": round(_percentile(timings["current"], 90), 3),
+                "as_of_p90_ms": round(_percentile(timings["as_of"], 90), 3),
+            },
+        )
+    ]
+
+
+# --- 6. memory ------------------------------------------------------------------------
+
+
+def memory(system: System, store: str, events: int) -> list[Figure]:
+    figures = []
+    for name in SERVICES:
+        kib = system.processes[name].memory_kib()
+        figures.append(
+            Figure(
+                "memory",
+                store,
+                f"{name} peak RSS ({events:,} events)",
+                kib["peak"] / 1024,
+                "MiB",
+                detail={"rss_mib": round(kib["rss"] / 1024, 1)},
+            )
+        )
+    return figures
+
+
+def flatness(figures: list[Figure], key: Callable[[Figure], str | None], unit: str) -> list[Figure]:
+    """For each series (by `key`), the last size's value against the first's: the target is
+    within ±20%, so the ratio in [0.8, 1.2]."""
+    series: dict[str, list[Figure]] = {}
+    for f in figures:
+        name = key(f)
+        if name is not None:
+            series.setdefault(name, []).append(f)
+    out = []
+    for name, items in series.items():
+        if len(items) < 2:
+            continue
+        first, last = items[0], items[-1]
+        ratio = last.value / first.value if first.value else float("inf")
+        out.append(
+            Figure(
+                "scale",
+                first.store,
+                f"{name}: {last.detail['events']:,} vs {first.detail['events']:,} events",
+                last.value,
+                unit,
+                ceiling=first.value,
+                ceiling_name=f"the same at {first.detail['events']:,} events",
+                target="0.8..1.2",
+                met=0.8 <= ratio <= 1.2,
+                detail={"values": [(i.detail.get("events"), i.value) for i in items]},
+            )
+        )
+    return out
+
+
+def figure_rows(figures: list[Figure]) -> list[dict[str, Any]]:
+    return [f.as_dict() for f in figures]
