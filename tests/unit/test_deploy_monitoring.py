@@ -100,6 +100,7 @@ MAY_BE_SILENT = {
     "okr_consumer_rejected_total",
     "okr_consumer_redelivered_total",
     "okr_consumer_rescheduled_total",
+    "okr_commands_forbidden_total",
 }
 # Grafana's macros, replaced by something PromQL accepts to check the queries.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "1d", "$service": ".*"}
@@ -441,6 +442,7 @@ def test_the_dashboard_has_the_panels_operators_need(dashboard: dict[str, Any]) 
         "okr_consumer_redelivered_total",
         "okr_checkins_total",
         'okr_key_results{status="at_risk"}',
+        "okr_commands_forbidden_total",
     ):
         assert needed in queries, needed
 
