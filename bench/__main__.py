@@ -25,7 +25,6 @@ from bench import http as web
 from bench.common import Figure, Nats, Store, postgres_reachable
 from services.checkins.application import CheckinsApplication
 from services.goals.application import GoalsApplication
-from shared.store import store_env
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-artifacts" / "bench"
@@ -69,11 +68,8 @@ def positions(store: Store) -> dict[str, int]:
     """The highest notification id in the goals and checkins stores."""
     out = {}
     for name, cls in (("goals", GoalsApplication), ("checkins", CheckinsApplication)):
-        app = cls(env=store_env(store.settings(name, "nats://unused")))
-        try:
-            out[name] = app.recorder.max_notification_id() or 0
-        finally:
-            app.close()
+        with dataset.opened(store, name, cls) as app:
+            out[name] = dataset.max_position(app)
     return out
 
 

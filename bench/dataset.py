@@ -177,7 +177,7 @@ def open_app(store: Store, service: str, cls: type[App]) -> App:
 
 
 @contextlib.contextmanager
-def _opened(store: Store, service: str, cls: type[App]) -> Iterator[App]:
+def opened(store: Store, service: str, cls: type[App]) -> Iterator[App]:
     app = open_app(store, service, cls)
     try:
         yield app
@@ -192,7 +192,7 @@ def _context(actor: str, *, admin: bool = False) -> CommandContext:
     return CommandContext(actor, request_id, request_id, roles=roles)
 
 
-def _max_position(app: ServiceApplication) -> int:
+def max_position(app: ServiceApplication) -> int:
     return int(app.recorder.max_notification_id() or 0)
 
 
@@ -437,7 +437,7 @@ def generate(
     started = time.perf_counter()
     catalogue = Catalogue()
     catalogue.is_current = lambda: True
-    with _opened(store, "goals", GoalsApplication) as goals:
+    with opened(store, "goals", GoalsApplication) as goals:
         cycle, objective_ids, key_result_ids, saver = _plan(
             goals,
             catalogue,
@@ -448,7 +448,7 @@ def generate(
             batch_events=batch_events,
             progress=progress,
         )
-        goals_position = _max_position(goals)
+        goals_position = max_position(goals)
     assert saver.first is not None and saver.last is not None
     dataset = Dataset(
         cycle_id=cycle.id,
@@ -459,13 +459,13 @@ def generate(
         started_at=saver.first,
         ended_at=saver.last,
     )
-    with _opened(store, "checkins", CheckinsApplication) as checkins:
+    with opened(store, "checkins", CheckinsApplication) as checkins:
         dataset._state = _State(
             (str(store.data_dir), store.database_url),
             catalogue,
             {},
             goals_position,
-            _max_position(checkins),
+            max_position(checkins),
         )
     dataset.seconds = time.perf_counter() - started
     if check_ins:
@@ -485,16 +485,16 @@ def add_check_ins(
     it. Works after other writers too (check-ins over HTTP), by reloading from the stores."""
     started = time.perf_counter()
     with (
-        _opened(store, "goals", GoalsApplication) as goals,
-        _opened(store, "checkins", _GeneratingCheckins) as checkins,
+        opened(store, "goals", GoalsApplication) as goals,
+        opened(store, "checkins", _GeneratingCheckins) as checkins,
     ):
         state = dataset._state
-        goals_position = _max_position(goals)
+        goals_position = max_position(goals)
         if (
             state is None
             or state.store != (str(store.data_dir), store.database_url)
             or state.goals_position != goals_position
-            or state.checkins_position != _max_position(checkins)
+            or state.checkins_position != max_position(checkins)
         ):
             catalogue = _load_catalogue(goals, dataset)
             catalogue.is_current = lambda: True
@@ -503,11 +503,11 @@ def add_check_ins(
                 catalogue,
                 _load_progress(checkins, dataset),
                 goals_position,
-                _max_position(checkins),
+                max_position(checkins),
             )
             dataset._state = state
         saver = _write_check_ins(checkins, state, dataset, check_ins, batch_events, progress)
-        state.checkins_position = _max_position(checkins)
+        state.checkins_position = max_position(checkins)
     dataset.check_ins += check_ins
     dataset.checkins_events += saver.saved
     if saver.last is not None:
@@ -529,7 +529,7 @@ def check_ins_for_events(key_results: int, events: int) -> int:
 
 def _expected(store: Store, dataset: Dataset) -> dict[str, tuple[int, float | None]]:
     """Each key result's check-in count and latest value, read back from the checkins store."""
-    with _opened(store, "checkins", CheckinsApplication) as checkins:
+    with opened(store, "checkins", CheckinsApplication) as checkins:
         found: dict[str, tuple[int, float | None]] = {}
         for kr_id in dataset.key_result_ids:
             agg = checkins.progress(kr_id)
@@ -554,8 +554,8 @@ def verify(store: Store, dataset: Dataset, base: Path, timeout: float = 600) -> 
     that the projections show every key result with its latest check-in (now and `as_of` the
     end of the history) and that a new check-in over HTTP is accepted. Raises AssertionError."""
     expected = _expected(store, dataset)
-    with _opened(store, "goals", GoalsApplication) as goals:
-        goals_position = _max_position(goals)
+    with opened(store, "goals", GoalsApplication) as goals:
+        goals_position = max_position(goals)
     nats = Nats(base)
     nats.start()
     procs: list[subprocess.Popen[bytes]] = []
@@ -613,8 +613,8 @@ def verify(store: Store, dataset: Dataset, base: Path, timeout: float = 600) -> 
             report["catalogue_caught_up_s"] = time.perf_counter() - started
             positions = [f"goals:{goals_position}"]
             if dataset.checkins_events:
-                with _opened(store, "checkins", CheckinsApplication) as checkins:
-                    positions.append(f"checkins:{_max_position(checkins)}")
+                with opened(store, "checkins", CheckinsApplication) as checkins:
+                    positions.append(f"checkins:{max_position(checkins)}")
             r = until_ok(
                 "GET", f"{url['projections']}/v1/cycles", params={"min_position": positions}
             )

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import nats
@@ -407,7 +406,3 @@ def flatness(figures: list[Figure], key: Callable[[Figure], str | None], unit: s
             )
         )
     return out
-
-
-def figure_rows(figures: list[Figure]) -> list[dict[str, Any]]:
-    return [f.as_dict() for f in figures]
