@@ -238,6 +238,9 @@ class Catalogue:
             self._write(tx, entry)
             self._staged[entry.id] = entry
 
+    def flush(self, tx: Tx) -> None:
+        pass  # written as applied
+
     def committed(self) -> None:
         with self._lock:
             for entry in self._staged.values():

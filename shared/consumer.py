@@ -219,6 +219,11 @@ class Projector(Protocol):
         cannot use; any other exception except the store's is treated the same way."""
         ...
 
+    def flush(self, tx: Tx) -> None:
+        """Write what `apply` held back, once per batch, before the batch's inbox records (a
+        projector may write as it applies and have nothing to flush)."""
+        ...
+
     def committed(self) -> None:
         """The batch's transaction committed: publish what it staged."""
         ...
@@ -251,6 +256,10 @@ class Projectors:
     def apply(self, tx: Tx, event: Received) -> None:
         for p in self.projectors:
             p.apply(tx, event)
+
+    def flush(self, tx: Tx) -> None:
+        for p in self.projectors:
+            p.flush(tx)
 
     def committed(self) -> None:
         for p in self.projectors:
@@ -313,6 +322,7 @@ class Inbox:
                 versions = self._versions(tx, [events[i] for i in order])
                 positions: dict[str, int] = {}
                 counts: dict[str, int] = {}
+                applied: dict[tuple[str, str], int] = {}  # the newest version per aggregate
                 for i in order:
                     ev = events[i]
                     key = (ev.source, str(ev.aggregate_id))
@@ -337,13 +347,15 @@ class Inbox:
                     except Exception as e:
                         raise _Poison(i, f"{type(e).__name__}: {e}") from e
                     versions[key] = ev.aggregate_version
+                    applied[key] = ev.aggregate_version
                     outcomes[i] = Outcome.APPLIED
                     positions[ev.source] = max(positions.get(ev.source, 0), ev.sequence)
                     counts[ev.source] = counts.get(ev.source, 0) + 1
-                    tx.execute(
-                        UPSERT_INBOX_VERSION,
-                        (self.consumer, ev.source, key[1], ev.aggregate_version),
-                    )
+                self.projector.flush(tx)
+                tx.executemany(
+                    UPSERT_INBOX_VERSION,
+                    [(self.consumer, s, a, v) for (s, a), v in applied.items()],
+                )
                 for source, position in positions.items():
                     tx.execute(
                         UPSERT_INBOX_POSITION, (self.consumer, source, position, counts[source])
@@ -698,21 +710,46 @@ class Consumer:
 
     async def _consume(self) -> None:
         sub = await self._subscribe()
+        ahead: asyncio.Task[list[Msg]] | None = None
         try:
             while not self._stopping:
                 try:
-                    msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
+                    if ahead is None:
+                        msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
+                    else:
+                        msgs, ahead = await ahead, None
                 except (NatsTimeoutError, TimeoutError):  # nats-py raises either when idle
                     if self.link.connected:
                         self._idle()
                     else:
                         self.caught_up = False
                     continue
+                if msgs and (msgs[-1].metadata.num_pending or 0) > 0:
+                    # More is waiting: fetch it while this batch is applied.
+                    ahead = asyncio.create_task(
+                        sub.fetch(self.batch_size, timeout=self.poll_interval)
+                    )
                 await self._handle(msgs)
                 await self._measure_lag()
         finally:
+            if ahead is not None:
+                await self._give_back(ahead)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    @staticmethod
+    async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
+        """A batch fetched ahead and not applied: have it delivered again at once (not after
+        the ack wait)."""
+        if not ahead.done():
+            ahead.cancel()
+        try:
+            msgs = await ahead
+        except (asyncio.CancelledError, Exception):
+            return
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     def _idle(self) -> None:
         self.caught_up = True

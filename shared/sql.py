@@ -20,6 +20,10 @@ from eventsourcing.postgres import PostgresDatastore
 
 from shared.store import ServiceApplication, dialect
 
+# Values per statement of `Tx.insert`: well within both drivers' limits (SQLite 32,766,
+# PostgreSQL 65,535), and large enough that a batch takes a few statements.
+MAX_PARAMETERS = 4096
+
 
 @contextmanager
 def _store_failures() -> Iterator[None]:
@@ -54,6 +58,39 @@ class Tx:
         if rows:
             with _store_failures():
                 self._cursor.executemany(self._db.sql(statement), [tuple(r) for r in rows])
+
+    def insert(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+        """`head VALUES (…) tail` for many rows of the same width, the fastest way each store
+        takes them: on SQLite, multi-row statements of up to `MAX_PARAMETERS` values; on
+        PostgreSQL, one statement per row, pipelined (measured faster there than multi-row
+        statements). `tail` (an `ON CONFLICT` clause) must not meet the same key twice."""
+        if not rows:
+            return
+        width = len(rows[0])
+        if self._db.postgres:
+            self.executemany(f"{head} VALUES ({', '.join('?' * width)}){tail}", rows)
+            return
+        head, tail = self._db.sql(head), self._db.sql(tail)
+        one = "(" + ", ".join("?" * width) + ")"
+        per = max(1, MAX_PARAMETERS // width)
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            statement = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
+            with _store_failures():
+                self._cursor.execute(statement, tuple(v for row in chunk for v in row))
+
+    def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Add rows to `table` (every column, in order): PostgreSQL's COPY, the fastest way in
+        there; multi-row INSERTs on SQLite."""
+        if not rows:
+            return
+        if not self._db.postgres:
+            self.insert(f"INSERT INTO {table}", rows)
+            return
+        # COPY takes the rows as they are: no statement, no conflict handling.
+        with _store_failures(), self._cursor.copy(self._db.sql(f"COPY {table} FROM STDIN")) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def fetchone(self) -> Any:
         with _store_failures():

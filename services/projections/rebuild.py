@@ -31,6 +31,9 @@ from shared.nats import NatsLink
 from shared.settings import ServiceSettings
 from shared.sql import Database
 
+# Events applied per transaction while rebuilding.
+REBUILD_BATCH = 1000
+
 GENERATION_TABLE = (
     "CREATE TABLE IF NOT EXISTS {t}view_generation (id INTEGER PRIMARY KEY, live INTEGER NOT NULL)"
 )
@@ -89,7 +92,10 @@ async def rebuild(
             await asyncio.to_thread(forget_generation, db, tables)
         total = (await js.stream_info(settings.stream_name)).state.messages
         consumer = Consumer.for_service(
-            settings,
+            # Larger batches than live: fewer commits, and no reader waits for each one.
+            settings.model_copy(
+                update={"consumer_batch_size": max(settings.consumer_batch_size, REBUILD_BATCH)}
+            ),
             new.consumer,
             link,
             Inbox(db, new.consumer, Views(new)),

@@ -18,11 +18,13 @@ audit pages are cut by it.
 
 from __future__ import annotations
 
-import json
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from shared.consumer import InvalidMessage, Received
 from shared.sql import Tx
@@ -74,14 +76,20 @@ class Tables:
 
 State = dict[str, Any]
 
+# Entity states kept in memory between batches (a few MB): enough for every key result and
+# objective of several large cycles.
+RECENT_STATES = 20_000
+
 
 def utc(at: datetime) -> str:
     """One fixed, sortable text form for every time in the view."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return f"{at.isoformat(timespec='microseconds')[:26]}Z"  # "…T12:00:00.000000Z"
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 # Fields an event carries that are about the change, not the entity's state.
@@ -145,6 +153,16 @@ class Views:
         self.pos = 0
         self._committed_pos = 0
         self._lock = threading.Lock()
+        # What the batch's events wrote, held until `flush` writes it in a few statements:
+        # entity states by (kind, id) (the batch's later events read them from here), and
+        # the history rows and audit entries in order.
+        self._states: dict[tuple[str, str], tuple[str | None, str | None, str, int]] = {}
+        self._history: list[tuple[str, str, str | None, str, int, str]] = []
+        self._audit: list[tuple[Any, ...]] = []
+        # Committed entity states, the most recently written first out of the store: this
+        # projector is the only writer of its generation's tables, so they stay true, and
+        # applying an event rarely needs to read the store at all.
+        self._recent: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     # --- the projector protocol ---------------------------------------------------------
 
@@ -155,11 +173,34 @@ class Views:
         row = tx.execute(f"SELECT MAX(pos) AS pos FROM {self.t.audit}").fetchone()
         self.pos = self._committed_pos = int(row["pos"] or 0)
 
+    def flush(self, tx: Tx) -> None:
+        tx.insert(
+            f"INSERT INTO {self.t.entities}",
+            [(k, i, c, p, text, pos) for (k, i), (c, p, text, pos) in self._states.items()],
+            " ON CONFLICT (kind, id) DO UPDATE SET cycle_id = excluded.cycle_id,"
+            " parent_id = excluded.parent_id, state = excluded.state, pos = excluded.pos",
+        )
+        tx.append(self.t.history, self._history)
+        tx.append(self.t.audit, self._audit)
+
     def committed(self) -> None:
         self._committed_pos = self.pos
+        recent = self._recent
+        for key, staged in self._states.items():
+            recent[key] = staged[2]
+            recent.move_to_end(key)
+        while len(recent) > RECENT_STATES:
+            recent.popitem(last=False)
+        self._forget()
 
     def rolled_back(self) -> None:
         self.pos = self._committed_pos
+        self._forget()
+
+    def _forget(self) -> None:
+        self._states.clear()
+        self._history.clear()
+        self._audit.clear()
 
     def apply(self, tx: Tx, event: Received) -> None:
         # parse() let only types of the contract through, and HANDLERS covers all of them.
@@ -171,12 +212,11 @@ class Views:
         self.pos += 1
         at = utc(event.time)
         self._write(
-            tx, effect.kind, effect.entity_id, effect.state, effect.cycle_id, effect.parent_id, at
+            effect.kind, effect.entity_id, effect.state, effect.cycle_id, effect.parent_id, at
         )
         for kind, entity_id, state, cycle_id, parent_id in effect.extra:
-            self._write(tx, kind, entity_id, state, cycle_id, parent_id, at)
-        tx.execute(
-            f"INSERT INTO {self.t.audit} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._write(kind, entity_id, state, cycle_id, parent_id, at)
+        self._audit.append(
             (
                 self.pos,
                 at,
@@ -192,20 +232,26 @@ class Views:
                 event.causation_id,
                 event.source,
                 event.sequence,
-            ),
+            )
         )
 
     # --- reading and writing states -----------------------------------------------------
 
     def current(self, tx: Tx, kind: str, entity_id: str) -> State | None:
+        key = (kind, entity_id)
+        staged = self._states.get(key)
+        if staged is not None:  # written by an earlier event of this batch
+            return dict(orjson.loads(staged[2]))
+        text = self._recent.get(key)
+        if text is not None:
+            return dict(orjson.loads(text))
         row = tx.execute(
             f"SELECT state FROM {self.t.entities} WHERE kind = ? AND id = ?", (kind, entity_id)
         ).fetchone()
-        return None if row is None else dict(json.loads(row["state"]))
+        return None if row is None else dict(orjson.loads(row["state"]))
 
     def _write(
         self,
-        tx: Tx,
         kind: str,
         entity_id: str,
         state: State,
@@ -214,16 +260,8 @@ class Views:
         at: str,
     ) -> None:
         text = _dump(state)
-        tx.execute(
-            f"INSERT INTO {self.t.entities} VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id)"
-            " DO UPDATE SET cycle_id = excluded.cycle_id, parent_id = excluded.parent_id,"
-            " state = excluded.state, pos = excluded.pos",
-            (kind, entity_id, cycle_id, parent_id, text, self.pos),
-        )
-        tx.execute(
-            f"INSERT INTO {self.t.history} VALUES (?, ?, ?, ?, ?, ?)",
-            (kind, entity_id, cycle_id, at, self.pos, text),
-        )
+        self._states[(kind, entity_id)] = (cycle_id, parent_id, text, self.pos)
+        self._history.append((kind, entity_id, cycle_id, at, self.pos, text))
 
     # --- goals ----------------------------------------------------------------------------
 

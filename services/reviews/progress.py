@@ -94,6 +94,9 @@ class ProgressView:
         )
         self._staged[entry.key_result_id] = entry
 
+    def flush(self, tx: Tx) -> None:
+        pass  # written as applied
+
     def committed(self) -> None:
         with self._lock:
             self.latest.update(self._staged)

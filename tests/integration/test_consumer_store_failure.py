@@ -35,6 +35,9 @@ class FailsOnce:
     def load(self, tx: Tx) -> None:
         pass
 
+    def flush(self, tx: Tx) -> None:
+        pass
+
     def committed(self) -> None:
         pass
 
