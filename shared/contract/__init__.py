@@ -7,6 +7,7 @@ JSON envelope, header `Nats-Msg-Id: <source>:<sequence>`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from dataclasses import fields
@@ -20,6 +21,7 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 # Event ids are derived, not random: republishing the same stored event gives the same id.
 EVENT_ID_NAMESPACE = uuid.UUID("7d4a3c1e-2b5f-5e8a-9c0d-4f6b8a2e1d3c")
+_EVENT_ID_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 
 META_FIELDS = frozenset(
     {
@@ -59,7 +61,15 @@ def type_for(service: str, event_class: type) -> str:
 
 
 def event_id(originator_id: uuid.UUID | str, version: int) -> str:
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator_id}:{version}"))
+    """`str(uuid5(EVENT_ID_NAMESPACE, "<originator id>:<version>"))`, spelled out: the relay
+    computes one per event it publishes, and this takes half the time of building `UUID`s."""
+    name = _EVENT_ID_NAMESPACE_BYTES + f"{originator_id}:{version}".encode()
+    # SHA-1 because UUID version 5 is defined with it; an id, not a security measure.
+    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # Ids of what the quarter shift creates: derived from what it continues, so that the review

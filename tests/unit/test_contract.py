@@ -26,7 +26,7 @@ import services.reviews.domain as reviews_domain
 from services.checkins.application import CheckinsApplication
 from services.checkins.domain import TeamCheckIn
 from services.projections.views import HANDLERS
-from shared.contract import META_FIELDS, SUBSCRIPTIONS, type_for
+from shared.contract import EVENT_ID_NAMESPACE, META_FIELDS, SUBSCRIPTIONS, event_id, type_for
 from shared.contract.documents import DEFAULT_FOLDER, differences, json_schemas
 from shared.contract.events import EVENT_TYPES, LATEST
 from shared.domain import CommandContext, command_context
@@ -213,3 +213,12 @@ def test_events_stored_at_version_1_are_read_at_version_2() -> None:
     assert app.mapper.to_domain_event(stored_new).changes == {  # type: ignore[attr-defined]
         "learnings": {"from": ["Batch size matters"], "to": []}
     }
+
+
+def test_event_ids_are_the_uuid5_of_the_originator_and_version() -> None:
+    """The envelope's `id` (DESIGN §4): the same for every republish of an event."""
+    for originator in (uuid.uuid4(), uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)):
+        for version in (1, 2, 49, 10**9):
+            expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator}:{version}")
+            assert event_id(originator, version) == str(expected)
+            assert event_id(str(originator), version) == str(expected)
