@@ -32,6 +32,7 @@ from services.checkins.application import CheckinsApplication
 from services.checkins.domain import KeyResultProgress, KeyResultTerms
 from services.goals.application import GoalsApplication
 from services.projections.main import ProjectionsApplication
+from services.projections.rebuild import REBUILD_BATCH
 from services.projections.rebuild import rebuild as rebuild_views
 from shared import contract
 from shared.domain import CommandContext, command_context
@@ -460,7 +461,7 @@ async def rebuild(store: Store, base: Path, events: int) -> list[Figure]:
         "raw_seconds": raw_seconds,
         "raw_fetches": fetches,
         "raw_fetch_size": RAW_FETCH,
-        "consumer_batch_size": settings.consumer_batch_size,
+        "consumer_batch_size": max(settings.consumer_batch_size, REBUILD_BATCH),
         # rebuild() looks at its consumer every 0.2 s: up to that much is waiting.
         "poll_resolution_s": 0.2,
         "relays_publish_seconds": publish_seconds,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -31,6 +33,10 @@ from psycopg.sql import SQL, Identifier
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+# Snapshot jobs queued at most; past that a due snapshot is skipped (the next interval of
+# that aggregate takes one).
+MAX_SNAPSHOTS_WAITING = 256
 
 RELAY_TRACKING_NAME = "relay:nats"
 
@@ -339,13 +345,61 @@ class ServiceApplication(Application):
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-snapshots")
+        self._snapshots_waiting = 0
+        self._snapshots_lock = threading.Lock()
+
     def _take_snapshots(self, processing_event: Any) -> None:
-        # A snapshot only speeds up loading. The events are committed by now, so a failure
-        # here must not turn into a failed command (whose client might then repeat it).
+        # A snapshot only speeds up loading, and taking one reloads the aggregate from the
+        # store: done on a thread of its own, so that the save that crossed an interval (the
+        # writer's whole batch) does not wait for it. The events are committed by now, so a
+        # failure here must not turn into a failed command (whose client might repeat it).
+        intervals = self.snapshotting_intervals
+        if not (self.snapshots and intervals):
+            return
+        due = []
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            interval = intervals.get(type(aggregate)) if aggregate is not None else None
+            if interval and event.originator_version % interval == 0:
+                due.append((event.originator_id, event.originator_version))
+        if not due:
+            return
+        with self._snapshots_lock:
+            if self._snapshots_waiting >= MAX_SNAPSHOTS_WAITING:
+                return  # falling behind: the next interval takes one
+            self._snapshots_waiting += 1
         try:
-            super()._take_snapshots(processing_event)
-        except Exception:
-            log.warning("snapshot failed; the next interval will take one", exc_info=True)
+            self._snapshotter.submit(self._snapshot, due)
+        except RuntimeError:  # closing
+            with self._snapshots_lock:
+                self._snapshots_waiting -= 1
+
+    def _snapshot(self, due: list[tuple[UUID, int]]) -> None:
+        try:
+            for aggregate_id, version in due:
+                if self.closing.is_set():
+                    return
+                try:
+                    self.take_snapshot(aggregate_id, version=version)
+                except IntegrityError:
+                    pass  # already taken
+                except Exception:
+                    log.warning("snapshot failed; the next interval will take one", exc_info=True)
+        finally:
+            with self._snapshots_lock:
+                self._snapshots_waiting -= 1
+
+    def wait_for_snapshots(self) -> None:
+        """Until the snapshots asked for so far are taken (tests and benchmarks)."""
+        self._snapshotter.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self.closing.set()
+        self._snapshotter.shutdown(wait=True, cancel_futures=True)
+        super().close()
 
     def save_answers(self, records: list[IdempotencyRecord]) -> None:
         if records:

@@ -76,9 +76,12 @@ class Tables:
 
 State = dict[str, Any]
 
-# Entity states kept in memory between batches (a few MB): enough for every key result and
-# objective of several large cycles.
-RECENT_STATES = 20_000
+# Entity states kept in memory between batches (some 30 MB at most): enough for the key
+# results, progresses and objectives of 20,000 key results. Check-ins are not kept: each is
+# written once and read again only if corrected, and a million of them would push out the
+# states every event reads.
+RECENT_STATES = 50_000
+NOT_KEPT = frozenset({"check_in"})
 
 
 def utc(at: datetime) -> str:
@@ -187,6 +190,8 @@ class Views:
         self._committed_pos = self.pos
         recent = self._recent
         for key, staged in self._states.items():
+            if key[0] in NOT_KEPT:
+                continue
             recent[key] = staged[2]
             recent.move_to_end(key)
         while len(recent) > RECENT_STATES:
