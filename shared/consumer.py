@@ -727,7 +727,8 @@ class Consumer:
                     if ahead is None:
                         msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
                     else:
-                        msgs, ahead = await ahead, None
+                        fetched, ahead = ahead, None  # taken even if it failed
+                        msgs = await fetched
                 except (NatsTimeoutError, TimeoutError):  # nats-py raises either when idle
                     if self.link.connected:
                         self._idle()
