@@ -23,6 +23,7 @@ from shared.http import (
     Check,
     MetricsMiddleware,
     RequestContextMiddleware,
+    document_headers,
     install_error_handlers,
     operations_router,
 )
@@ -159,6 +160,7 @@ def create_service(
     http.state.verifier = token_verifier(settings)
     install_error_handlers(http)
     for router in routers:
+        document_headers(router)
         http.include_router(router)
     http.include_router(operations_router(_checks(http)))
     # Outermost first: metrics see every response, including 413s and refused preflights.
