@@ -47,7 +47,7 @@ from shared.auth import mint_token
 from shared.catalogue import Catalogue, CycleEntry, KeyResultEntry, ObjectiveEntry
 from shared.domain import CommandContext, command_context
 from shared.nats import ensure_stream
-from shared.store import Lookup, ServiceApplication, store_env
+from shared.store import Document, Lookup, ServiceApplication, store_env
 from shared.writer import UnitOfWork
 
 # Only the stores are opened here; the settings want a NATS URL all the same.
@@ -93,27 +93,6 @@ class _State:
     progress: dict[UUID, Aggregate]  # KeyResultProgress by id; a UnitOfWork's batch
     goals_position: int
     checkins_position: int
-
-
-class _Tally(dict[str, Any]):
-    """Stands in for `KeyResultProgress.check_ins` in the generator's memory: it counts the
-    check-ins (the count numbers the next one) without keeping a million entries. The stored
-    events are complete, and so are the snapshots, which the library takes from the store."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__()
-        self.count = count
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.count += 1
-
-    def __len__(self) -> int:
-        return self.count
-
-
-def _tally(progress: Any) -> None:
-    if not isinstance(progress.check_ins, _Tally):
-        progress.check_ins = _Tally(len(progress.check_ins))
 
 
 class _GeneratingCheckins(CheckinsApplication):
@@ -208,15 +187,23 @@ class _Saver:
         self.progress = progress
         self.touched: dict[UUID, Aggregate] = {}
         self.lookups: list[Lookup] = []
+        self.documents: list[Document] = []
         self.pending = 0
         self.saved = 0
         self.first: datetime | None = None
         self.last: datetime | None = None
         self.started = time.perf_counter()
 
-    def add(self, agg: Aggregate, events: int, lookups: list[Lookup]) -> None:
+    def add(
+        self,
+        agg: Aggregate,
+        events: int,
+        lookups: list[Lookup],
+        documents: Iterable[Document] = (),
+    ) -> None:
         self.touched[agg.id] = agg
         self.lookups.extend(lookups)
+        self.documents.extend(documents)
         self.pending += events
         if self.pending >= self.batch_events:
             self.flush()
@@ -224,7 +211,9 @@ class _Saver:
     def flush(self) -> None:
         if not self.touched:
             return
-        recordings = _save(self.app, self.touched.values(), lookups=self.lookups)
+        recordings = _save(
+            self.app, self.touched.values(), lookups=self.lookups, documents=self.documents
+        )
         if recordings:
             # A batch is recorded aggregate by aggregate, not in the order of the events' times.
             times = [r.domain_event.timestamp for r in recordings]
@@ -235,6 +224,7 @@ class _Saver:
             self.app.take_due_snapshots()
         self.touched = {}
         self.lookups = []
+        self.documents = []
         self.pending = 0
         if self.progress:
             rate = self.saved / max(time.perf_counter() - self.started, 1e-9)
@@ -382,7 +372,7 @@ def _write_check_ins(
     for i in range(first, first + count):
         k = i % len(krs)
         existing = state.progress.get(progress_ids[k])
-        number = (len(existing.check_ins) if existing is not None else 0) + 1  # type: ignore[attr-defined]
+        number = (existing.count if existing is not None else 0) + 1  # type: ignore[attr-defined]
         blockers = [rng.choice(BLOCKERS)] if rng.random() < 0.1 else []
         uow = UnitOfWork(app, None, state.progress)
         with command_context(_context(entries[k].owner)):
@@ -398,8 +388,7 @@ def _write_check_ins(
             )
         if existing is None:
             state.progress[agg.id] = agg
-        _tally(agg)
-        saver.add(agg, 1 if existing is not None else 2, uow.lookups)
+        saver.add(agg, 1 if existing is not None else 2, uow.lookups, uow.documents.values())
     saver.done()
     return saver
 
@@ -412,7 +401,6 @@ def _load_progress(app: CheckinsApplication, dataset: Dataset) -> dict[UUID, Agg
         except AggregateNotFoundError:
             continue
         assert isinstance(agg, KeyResultProgress)
-        _tally(agg)
         found[agg.id] = agg
     return found
 
@@ -538,8 +526,8 @@ def _expected(store: Store, dataset: Dataset) -> dict[str, tuple[int, float | No
             if agg is None:
                 found[str(kr_id)] = (0, None)
             else:
-                latest = agg.check_ins[agg.latest] if agg.latest else None
-                found[str(kr_id)] = (agg.count, latest["value"] if latest else None)
+                newest = checkins.check_ins(agg, limit=1)
+                found[str(kr_id)] = (agg.count, newest[0]["value"] if newest else None)
     return found
 
 

@@ -4,8 +4,10 @@ PostgreSQL (when `OKR_DATABASE_URL` is set, one schema per service), never silen
 The recorders are the library's process recorders (events plus tracking rows in one
 transaction), extended with two tables of our own, both written in the same transaction as the
 events of the command concerned: idempotency keys, so a retried command can never be recorded
-twice and its first answer survives a restart; and lookups, small indexes from a public id to
-the aggregate that holds it (a check-in id to its key result's progress).
+twice and its first answer survives a restart; lookups, small indexes from a public id to
+the aggregate that holds it (a check-in id to its key result's progress); and documents, the
+read side of entities that live inside an aggregate's history but not in its state (a check-in,
+with its corrections), so that the aggregate stays small however long its history grows.
 """
 
 from __future__ import annotations
@@ -84,6 +86,22 @@ class Lookup:
 
 
 @dataclass(frozen=True)
+class Document:
+    """The current state of an entity kept beside the events (`body`), written in the same
+    transaction as the event that changed it. `owner` is the aggregate whose history holds
+    the entity, and `seq` orders an owner's documents (a check-in's number)."""
+
+    kind: str
+    key: str
+    owner: str
+    seq: int
+    body: dict[str, Any]
+
+    def row(self) -> tuple[str, str, str, int, str]:
+        return (self.kind, self.key, self.owner, self.seq, json.dumps(self.body))
+
+
+@dataclass(frozen=True)
 class InboxRecord:
     """That a consumer applied an event: written with whatever the event caused."""
 
@@ -116,6 +134,26 @@ UPSERT_INBOX_POSITION = (
 )
 
 
+DOCUMENT_TABLES = [
+    "CREATE TABLE IF NOT EXISTS {t}documents (kind TEXT NOT NULL, key TEXT NOT NULL,"
+    " owner TEXT NOT NULL, seq BIGINT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, key))",
+    "CREATE INDEX IF NOT EXISTS documents_by_owner ON {t}documents (kind, owner, seq)",
+]
+UPSERT_DOCUMENT = (
+    "INSERT INTO {t}documents VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET"
+    " owner = excluded.owner, seq = excluded.seq, body = excluded.body"
+)
+INSERT_MISSING_DOCUMENT = (
+    "INSERT INTO {t}documents VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO NOTHING"
+)
+SELECT_DOCUMENT = "SELECT body FROM {t}documents WHERE kind = ? AND key = ?"
+SELECT_DOCUMENTS = (
+    "SELECT body FROM {t}documents WHERE kind = ? AND owner = ? AND seq < ?"
+    " ORDER BY seq DESC LIMIT ?"
+)
+COUNT_DOCUMENTS = "SELECT COUNT(*) AS n FROM {t}documents WHERE kind = ?"
+
+
 def dialect(statement: str, schema: str | None) -> str:
     """A statement for SQLite (schema None) or for PostgreSQL in `schema`."""
     if schema is None:
@@ -129,6 +167,11 @@ def _inbox_rows(
     versions = [(r.consumer, r.source, r.aggregate_id, r.version) for r in records]
     positions = [(r.consumer, r.source, r.sequence, 1) for r in records]
     return versions, positions
+
+
+def _body(text: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(text)
+    return body
 
 
 def _ids_by_event(
@@ -153,7 +196,7 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             "CREATE TABLE IF NOT EXISTS lookups (kind TEXT NOT NULL, key TEXT NOT NULL, "
             "value TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
         )
-        statements.extend(dialect(t, None) for t in INBOX_TABLES)
+        statements.extend(dialect(t, None) for t in INBOX_TABLES + DOCUMENT_TABLES)
         return statements
 
     def _insert_events(
@@ -176,8 +219,43 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             c.executemany(
                 "INSERT INTO lookups VALUES (?, ?, ?)", [(x.kind, x.key, x.value) for x in lookups]
             )
+        documents: list[Document] = kwargs.get("documents") or []
+        if documents:
+            c.executemany(dialect(UPSERT_DOCUMENT, None), [d.row() for d in documents])
         self._record_inbox(c, kwargs.get("inbox") or [])
         return ids
+
+    def add_missing_documents(self, documents: Sequence[Document]) -> None:
+        """Documents rebuilt from the events; one already there (written since) is kept."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(dialect(INSERT_MISSING_DOCUMENT, None), [d.row() for d in documents])
+
+    def find_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(dialect(SELECT_DOCUMENT, None), (kind, key))
+            row = c.fetchone()
+        return None if row is None else _body(row["body"])
+
+    def documents_of(self, kind: str, owner: str, before: int, limit: int) -> list[dict[str, Any]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(dialect(SELECT_DOCUMENTS, None), (kind, owner, before, limit))
+            rows = c.fetchall()
+        return [_body(row["body"]) for row in rows]
+
+    def count_documents(self, kind: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(dialect(COUNT_DOCUMENTS, None), (kind,))
+            return int(c.fetchone()["n"])
+
+    def count_lookups(self, kind: str) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) AS n FROM lookups WHERE kind = ?", (kind,))
+            return int(c.fetchone()["n"])
+
+    def lookup_values(self, kind: str) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT DISTINCT value FROM lookups WHERE kind = ?", (kind,))
+            return [str(row["value"]) for row in c.fetchall()]
 
     def _record_inbox(self, c: Any, records: Sequence[InboxRecord]) -> None:
         versions, positions = _inbox_rows(records)
@@ -237,8 +315,9 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                 "key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key))"
             ).format(schema=schema)
         )
-        for table in INBOX_TABLES:
+        for table in INBOX_TABLES + DOCUMENT_TABLES:
             self.sql_create_statements.append(SQL(dialect(table, self.datastore.schema)))  # type: ignore[arg-type]
+        self._upsert_document = dialect(UPSERT_DOCUMENT, self.datastore.schema)
         self._upsert_version = dialect(UPSERT_INBOX_VERSION, self.datastore.schema)
         self._upsert_position = dialect(UPSERT_INBOX_POSITION, self.datastore.schema)
         self._insert_lookup = SQL("INSERT INTO {schema}.lookups VALUES (%s, %s, %s)").format(
@@ -273,8 +352,41 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         lookups: list[Lookup] = kwargs.get("lookups") or []
         if lookups:
             curs.executemany(self._insert_lookup, [(x.kind, x.key, x.value) for x in lookups])
+        documents: list[Document] = kwargs.get("documents") or []
+        if documents:
+            curs.executemany(self._upsert_document, [d.row() for d in documents])
         self._record_inbox(curs, kwargs.get("inbox") or [])
         return ids
+
+    def add_missing_documents(self, documents: Sequence[Document]) -> None:
+        """Documents rebuilt from the events; one already there (written since) is kept."""
+        statement = dialect(INSERT_MISSING_DOCUMENT, self.datastore.schema)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.executemany(statement, [d.row() for d in documents])
+
+    def _read(self, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(dialect(statement, self.datastore.schema), params)
+            return list(curs.fetchall())
+
+    def find_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        rows = self._read(SELECT_DOCUMENT, (kind, key))
+        return _body(rows[0]["body"]) if rows else None
+
+    def documents_of(self, kind: str, owner: str, before: int, limit: int) -> list[dict[str, Any]]:
+        rows = self._read(SELECT_DOCUMENTS, (kind, owner, before, limit))
+        return [_body(row["body"]) for row in rows]
+
+    def count_documents(self, kind: str) -> int:
+        return int(self._read(COUNT_DOCUMENTS, (kind,))[0]["n"])
+
+    def count_lookups(self, kind: str) -> int:
+        rows = self._read("SELECT COUNT(*) AS n FROM {t}lookups WHERE kind = ?", (kind,))
+        return int(rows[0]["n"])
+
+    def lookup_values(self, kind: str) -> list[str]:
+        rows = self._read("SELECT DISTINCT value FROM {t}lookups WHERE kind = ?", (kind,))
+        return [str(row["value"]) for row in rows]
 
     def _record_inbox(self, curs: Any, records: Sequence[InboxRecord]) -> None:
         versions, positions = _inbox_rows(records)
@@ -413,6 +525,29 @@ class ServiceApplication(Application):
 
     def find_lookup(self, kind: str, key: str) -> str | None:
         return self.recorder.find_lookup(kind, key)  # type: ignore[attr-defined, no-any-return]
+
+    def find_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self.recorder.find_document(kind, key)  # type: ignore[attr-defined, no-any-return]
+
+    def add_missing_documents(self, documents: Sequence[Document]) -> None:
+        self.recorder.add_missing_documents(documents)  # type: ignore[attr-defined]
+
+    def count_documents(self, kind: str) -> int:
+        return self.recorder.count_documents(kind)  # type: ignore[attr-defined, no-any-return]
+
+    def count_lookups(self, kind: str) -> int:
+        return self.recorder.count_lookups(kind)  # type: ignore[attr-defined, no-any-return]
+
+    def lookup_values(self, kind: str) -> list[str]:
+        """The aggregates that hold keys of `kind`."""
+        return self.recorder.lookup_values(kind)  # type: ignore[attr-defined, no-any-return]
+
+    def documents_of(
+        self, kind: str, owner: UUID | str, *, before: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """An owner's documents of `kind`, highest `seq` first, below `before` if given."""
+        bound = 2**62 if before is None else before
+        return self.recorder.documents_of(kind, str(owner), bound, limit)  # type: ignore[attr-defined, no-any-return]
 
     def ping(self) -> None:
         self.recorder.ping()  # type: ignore[attr-defined]

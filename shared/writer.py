@@ -36,7 +36,7 @@ from shared.domain import (
     VersionMismatch,
     command_context,
 )
-from shared.store import IdempotencyRecord, Lookup, ServiceApplication
+from shared.store import Document, IdempotencyRecord, Lookup, ServiceApplication
 from shared.telemetry import COMMANDS, EVENTS_STORED, FORBIDDEN, STORE_LATENCY, WRITER_BATCH
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class _Done:
     events: list[tuple[UUID, int]]
     answer: _Answer
     lookups: list[Lookup]
+    documents: list[Document]
 
 
 @dataclass
@@ -160,10 +161,14 @@ class UnitOfWork:
         app: ServiceApplication,
         cache: AggregateCache | None,
         batch: dict[UUID, Aggregate],
+        documents: dict[tuple[str, str], Document] | None = None,
     ) -> None:
         self._app = app
         self._cache = cache
         self._batch = batch
+        # Documents written by earlier commands of the batch (not saved yet), and by this one.
+        self._batch_documents = documents if documents is not None else {}
+        self.documents: dict[tuple[str, str], Document] = {}
         # For each aggregate this command touched: its pending events when first touched.
         self.pending_before: dict[UUID, int] = {}
         self.new: list[Aggregate] = []
@@ -205,6 +210,18 @@ class UnitOfWork:
     def index(self, kind: str, key: UUID | str, aggregate_id: UUID) -> None:
         """Record, with this command's events, that `key` of `kind` lives in an aggregate."""
         self.lookups.append(Lookup(kind, str(key), str(aggregate_id)))
+
+    def document(self, kind: str, key: UUID | str) -> dict[str, Any] | None:
+        """The body of a document, as this batch left it so far."""
+        ident = (kind, str(key))
+        found = self.documents.get(ident) or self._batch_documents.get(ident)
+        if found is not None:
+            return found.body
+        return self._app.find_document(kind, str(key))
+
+    def put_document(self, document: Document) -> None:
+        """Write `document` with this command's events."""
+        self.documents[(document.kind, document.key)] = document
 
     def respond(self, answer_id: UUID, **extra: Any) -> None:
         """Answer with this id (and extra fields) rather than the aggregate's own id."""
@@ -337,6 +354,7 @@ class CommandWriter:
     def _run_batch(self, commands: list[_Command]) -> None:
         WRITER_BATCH.labels(self.service).observe(len(commands))
         batch: dict[UUID, Aggregate] = {}
+        documents: dict[tuple[str, str], Document] = {}
         done: list[_Done] = []
         # Commands repeating a key already in this batch wait for the first one's answer.
         followers: dict[str, list[_Command]] = {}
@@ -359,7 +377,7 @@ class CommandWriter:
                 continue
             if key is not None:
                 followers[key] = []
-            uow = UnitOfWork(self.app, self.cache, batch)
+            uow = UnitOfWork(self.app, self.cache, batch, documents)
             failure: BaseException | None = None
             try:
                 with command_context(cmd.context):
@@ -383,7 +401,10 @@ class CommandWriter:
             events = uow.events()
             for agg in uow.new:
                 batch[agg.id] = agg
-            done.append(_Done(cmd, events, uow.answer(primary), uow.lookups))
+            documents.update(uow.documents)
+            done.append(
+                _Done(cmd, events, uow.answer(primary), uow.lookups, list(uow.documents.values()))
+            )
 
         if poisoned:
             # A refused command left events behind on a shared aggregate: start over, alone.
@@ -407,9 +428,11 @@ class CommandWriter:
     ) -> dict[int, CommandResult | BaseException]:
         records = [self._record(d.cmd, d.events, d.answer) for d in done if d.cmd.idempotency]
         lookups = [x for d in done for x in d.lookups]
+        # The last state of each document the batch wrote.
+        documents = list({(x.kind, x.key): x for d in done for x in d.documents}.values())
         aggregates = [a for a in batch.values() if a.pending_events]
         try:
-            recordings = self._save(aggregates, records, lookups)
+            recordings = self._save(aggregates, records, lookups, documents)
         except IntegrityError:
             self._evict(batch)
             return {id(d.cmd): self._run_alone(d.cmd) for d in done}
@@ -447,7 +470,9 @@ class CommandWriter:
                     batch[agg.id] = agg
                 aggregates = [a for a in batch.values() if a.pending_events]
                 records = [self._record(cmd, events, answer)] if cmd.idempotency else []
-                recordings = self._save(aggregates, records, uow.lookups)
+                recordings = self._save(
+                    aggregates, records, uow.lookups, list(uow.documents.values())
+                )
             except IntegrityError:
                 continue
             except DomainError as e:
@@ -469,13 +494,18 @@ class CommandWriter:
         aggregates: list[Aggregate],
         records: list[IdempotencyRecord],
         lookups: list[Lookup],
+        documents: list[Document],
     ) -> list[Any]:
         """One transaction: the events, their lookups and the answers of keyed commands.
         Commands that changed nothing still get their answer stored, so a retry never runs
         them again."""
         started = time.perf_counter()
         if aggregates:
-            recordings = list(self.app.save(*aggregates, idempotency=records, lookups=lookups))
+            recordings = list(
+                self.app.save(
+                    *aggregates, idempotency=records, lookups=lookups, documents=documents
+                )
+            )
             EVENTS_STORED.labels(self.service).inc(len(recordings))
         else:
             self.app.save_answers(records)

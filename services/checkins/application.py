@@ -4,6 +4,7 @@ returns the aggregate the command changed; it knows nothing of HTTP or NATS.
 
 from __future__ import annotations
 
+import logging
 from datetime import date, timedelta
 from typing import Any
 from uuid import UUID
@@ -14,33 +15,76 @@ from services.checkins.domain import (
     KeyResultProgress,
     KeyResultTerms,
     TeamCheckIn,
+    check_in_entry,
+    corrected_entry,
     progress_id_for,
 )
 from shared.catalogue import Catalogue, CycleEntry, KeyResultEntry
 from shared.domain import InvalidValue, NotFound, NotYetKnown, RuleBroken, check
 from shared.permissions import Permission, require
-from shared.store import ServiceApplication
+from shared.store import Document, ServiceApplication
 from shared.writer import UnitOfWork
 
+log = logging.getLogger(__name__)
+
 CHECK_IN_LOOKUP = "check_in"
+CHECK_IN_DOCUMENT = "check_in"
 
 
 class CheckinsApplication(ServiceApplication):
     name = "checkins"
     snapshotting_intervals = {KeyResultProgress: 50}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_missing_check_ins()
+
+    def add_missing_check_ins(self) -> int:
+        """Write the document of every check-in that has none, from the events.
+
+        A store written before check-ins were documents has each check-in's lookup but no
+        document; this folds those key results' histories once, at start. Cheap when there is
+        nothing to do (two counts). Returns how many key results it folded."""
+        if self.count_lookups(CHECK_IN_LOOKUP) == self.count_documents(CHECK_IN_DOCUMENT):
+            return 0
+        folded = 0
+        for progress_id in self.lookup_values(CHECK_IN_LOOKUP):
+            entries: dict[str, dict[str, Any]] = {}
+            for event in self.events.get(UUID(progress_id)):
+                if isinstance(event, KeyResultProgress.CheckedIn):
+                    entries[str(event.check_in_id)] = check_in_entry(event)
+                elif isinstance(event, KeyResultProgress.CheckInCorrected):
+                    key = str(event.check_in_id)
+                    entries[key] = corrected_entry(entries[key], event)
+            self.add_missing_documents(
+                [
+                    Document(CHECK_IN_DOCUMENT, key, progress_id, entry["number"], entry)
+                    for key, entry in entries.items()
+                ]
+            )
+            folded += 1
+        log.info("check-in documents written from the events of %d key results", folded)
+        return folded
+
+    def check_ins(
+        self, progress: KeyResultProgress, *, before: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """A page of the check-ins of `progress`, newest first, numbered below `before`."""
+        return self.documents_of(CHECK_IN_DOCUMENT, progress.id, before=before, limit=limit)
+
+    def check_in(self, check_in_id: UUID) -> tuple[KeyResultProgress, dict[str, Any]] | None:
+        """A check-in, with the progress that holds it."""
+        entry = self.find_document(CHECK_IN_DOCUMENT, str(check_in_id))
+        if entry is None:
+            return None
+        progress = self.progress(UUID(entry["key_result_id"]))
+        return None if progress is None else (progress, entry)
+
     def progress(self, key_result_id: UUID) -> KeyResultProgress | None:
         try:
             agg: Any = self.repository.get(progress_id_for(key_result_id))
         except AggregateNotFoundError:
             return None
-        return agg if isinstance(agg, KeyResultProgress) else None
-
-    def progress_of_check_in(self, check_in_id: UUID) -> KeyResultProgress | None:
-        found = self.find_lookup(CHECK_IN_LOOKUP, str(check_in_id))
-        if found is None:
-            return None
-        agg: Any = self.repository.get(UUID(found))
         return agg if isinstance(agg, KeyResultProgress) else None
 
     def meeting(self, meeting_id: UUID) -> TeamCheckIn | None:
@@ -135,8 +179,18 @@ def check_in(
         progress = uow.add(KeyResultProgress.open(terms))
     else:
         uow.expect_version(progress, expected)
-    check_in_id = progress.check_in(terms, value, confidence, note, blockers)
+    checked_in = progress.check_in(terms, value, confidence, note, blockers)
+    check_in_id = checked_in.check_in_id
     uow.index(CHECK_IN_LOOKUP, check_in_id, progress.id)
+    uow.put_document(
+        Document(
+            CHECK_IN_DOCUMENT,
+            str(check_in_id),
+            str(progress.id),
+            checked_in.number,
+            check_in_entry(checked_in),
+        )
+    )
     uow.respond(check_in_id, key_result_id=str(key_result_id))
     return progress
 
@@ -156,7 +210,20 @@ def correct_check_in(
     require_check_in_on(catalogue, known_key_result(catalogue, progress.key_result_id))
     uow.expect_version(progress, expected)
     terms = terms_for_check_in(catalogue, progress.key_result_id)
-    progress.correct(terms, check_in_id, value, confidence, reason)
+    entry = uow.document(CHECK_IN_DOCUMENT, check_in_id)
+    if entry is not None and entry["key_result_id"] != str(progress.key_result_id):
+        entry = None  # another key result's check-in: not one of this aggregate's
+    corrected = progress.correct(terms, entry, check_in_id, value, confidence, reason)
+    assert entry is not None
+    uow.put_document(
+        Document(
+            CHECK_IN_DOCUMENT,
+            str(check_in_id),
+            str(progress.id),
+            entry["number"],
+            corrected_entry(entry, corrected),
+        )
+    )
     uow.respond(check_in_id, key_result_id=str(progress.key_result_id))
     return progress
 

@@ -115,12 +115,65 @@ def _reason(reason: str) -> str:
     return reason
 
 
+def check_in_entry(event: KeyResultProgress.CheckedIn) -> dict[str, Any]:
+    """A check-in as it is read: its original value and confidence, and no corrections yet."""
+    return {
+        "id": str(event.check_in_id),
+        "key_result_id": str(event.key_result_id),
+        "number": event.number,
+        "value": event.value,
+        "confidence": event.confidence,
+        "original_value": event.value,
+        "original_confidence": event.confidence,
+        "note": event.note,
+        "blockers": list(event.blockers),
+        "at": event.timestamp.isoformat(),
+        "actor": event.actor,
+        "corrections": [],
+    }
+
+
+def corrected_entry(
+    entry: dict[str, Any], event: KeyResultProgress.CheckInCorrected
+) -> dict[str, Any]:
+    """The check-in after `event`: current value and confidence, the correction appended."""
+    return entry | {
+        "value": event.value,
+        "confidence": event.confidence,
+        "corrections": [
+            *entry["corrections"],
+            {
+                "value": event.value,
+                "confidence": event.confidence,
+                "previous_value": event.previous_value,
+                "previous_confidence": event.previous_confidence,
+                "reason": event.reason,
+                "at": event.timestamp.isoformat(),
+                "actor": event.actor,
+            },
+        ],
+    }
+
+
 class KeyResultProgress(OkrAggregate):
     """The check-ins of one key result, and the corrections made to them.
 
     A correction never rewrites history: the check-in keeps its original value and confidence,
     and every correction is kept with its reason.
+
+    The aggregate's state is only what its rules need: how many check-ins there were. Each
+    check-in as it is read (`check_in_entry`, `corrected_entry`) is a document written with
+    its event, so the state, its snapshots and the writer's cache stay the same size however
+    many check-ins a key result gets. Version 1 kept every check-in in the state; its
+    snapshots are lifted by `upcast_v1_v2`.
     """
+
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["count"] = len(state.pop("check_ins", {}))
+        state.pop("latest", None)
 
     @classmethod
     def open(cls, terms: KeyResultTerms) -> KeyResultProgress:
@@ -135,13 +188,7 @@ class KeyResultProgress(OkrAggregate):
         self.key_result_id = key_result_id
         self.objective_id = objective_id
         self.cycle_id = cycle_id
-        # check-in id (str) -> its state; insertion order is check-in order.
-        self.check_ins: dict[str, dict[str, Any]] = {}
-        self.latest: str | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.check_ins)
+        self.count = 0
 
     def check_in_id_for(self, number: int) -> UUID:
         return uuid5(self.id, f"check-in:{number}")
@@ -153,12 +200,11 @@ class KeyResultProgress(OkrAggregate):
         confidence: int,
         note: str,
         blockers: list[str],
-    ) -> UUID:
+    ) -> CheckedIn:
         number = self.count + 1
-        check_in_id = self.check_in_id_for(number)
         self.trigger_event(
             self.CheckedIn,
-            check_in_id=check_in_id,
+            check_in_id=self.check_in_id_for(number),
             key_result_id=self.key_result_id,
             number=number,
             value=terms.check_value(value),
@@ -166,7 +212,9 @@ class KeyResultProgress(OkrAggregate):
             note=note.strip(),
             blockers=_clean_list(blockers, "blockers"),
         )
-        return check_in_id
+        checked_in = self.pending_events[-1]
+        assert isinstance(checked_in, KeyResultProgress.CheckedIn)
+        return checked_in
 
     class CheckedIn(OkrAggregate.Event):
         check_in_id: UUID
@@ -178,35 +226,24 @@ class KeyResultProgress(OkrAggregate):
         blockers: list[str]
 
         def apply(self, aggregate: Any) -> None:
-            key = str(self.check_in_id)
-            aggregate.check_ins[key] = {
-                "id": key,
-                "number": self.number,
-                "value": self.value,
-                "confidence": self.confidence,
-                "original_value": self.value,
-                "original_confidence": self.confidence,
-                "note": self.note,
-                "blockers": list(self.blockers),
-                "at": self.timestamp.isoformat(),
-                "actor": self.actor,
-                "corrections": [],
-            }
-            aggregate.latest = key
-
-    def find(self, check_in_id: UUID) -> dict[str, Any] | None:
-        return self.check_ins.get(str(check_in_id))
+            aggregate.count = self.number
 
     def correct(
         self,
         terms: KeyResultTerms,
+        entry: dict[str, Any] | None,
         check_in_id: UUID,
         value: float | None,
         confidence: int | None,
         reason: str,
-    ) -> None:
-        entry = self.find(check_in_id)
-        check(entry is not None, InvalidValue, f"No check-in {check_in_id} here", "check_in_id")
+    ) -> CheckInCorrected:
+        """Correct the check-in `entry` (its document, None when this aggregate has none)."""
+        check(
+            entry is not None and entry["id"] == str(check_in_id),
+            InvalidValue,
+            f"No check-in {check_in_id} here",
+            "check_in_id",
+        )
         assert entry is not None
         check(
             value is not None or confidence is not None,
@@ -233,6 +270,9 @@ class KeyResultProgress(OkrAggregate):
             previous_confidence=entry["confidence"],
             reason=reason,
         )
+        corrected = self.pending_events[-1]
+        assert isinstance(corrected, KeyResultProgress.CheckInCorrected)
+        return corrected
 
     class CheckInCorrected(OkrAggregate.Event):
         check_in_id: UUID
@@ -244,20 +284,7 @@ class KeyResultProgress(OkrAggregate):
         reason: str
 
         def apply(self, aggregate: Any) -> None:
-            entry = aggregate.check_ins[str(self.check_in_id)]
-            entry["value"] = self.value
-            entry["confidence"] = self.confidence
-            entry["corrections"].append(
-                {
-                    "value": self.value,
-                    "confidence": self.confidence,
-                    "previous_value": self.previous_value,
-                    "previous_confidence": self.previous_confidence,
-                    "reason": self.reason,
-                    "at": self.timestamp.isoformat(),
-                    "actor": self.actor,
-                }
-            )
+            pass  # the check-in's document carries the correction
 
 
 class TeamCheckIn(OkrAggregate):

@@ -153,7 +153,9 @@ def catalogue_of(runtime: Runtime) -> Catalogue:
 
 
 def _check_in_public(progress: KeyResultProgress, entry: dict[str, Any]) -> dict[str, Any]:
-    return CheckInPublic(key_result_id=progress.key_result_id, **entry).model_dump(mode="json")
+    return CheckInPublic(**entry | {"key_result_id": progress.key_result_id}).model_dump(
+        mode="json"
+    )
 
 
 # --- check-ins ----------------------------------------------------------------------------
@@ -213,15 +215,15 @@ async def list_check_ins(
         int | None, Query(ge=1, le=10**12, description="The `next_cursor` of the previous page")
     ] = None,
 ) -> JSONResponse:
-    progress = await asyncio.to_thread(_app(request).progress, key_result_id)
+    app = _app(request)
+    progress = await asyncio.to_thread(app.progress, key_result_id)
     if progress is None:
         uc.known_key_result(catalogue_of(runtime_of(request)), key_result_id)
         return JSONResponse({"items": [], "next_cursor": None}, headers={"ETag": etag(0)})
-    entries = list(progress.check_ins.values())  # oldest first; number n is at index n - 1
-    end = len(entries) if before is None else min(before - 1, len(entries))
-    start = max(0, end - limit)
-    page = [_check_in_public(progress, e) for e in reversed(entries[start:end])]
-    next_cursor = str(entries[start]["number"]) if start > 0 else None
+    entries = await asyncio.to_thread(app.check_ins, progress, before=before, limit=limit)
+    page = [_check_in_public(progress, e) for e in entries]
+    oldest = entries[-1]["number"] if entries else 1
+    next_cursor = str(oldest) if oldest > 1 else None
     return JSONResponse(
         {"items": page, "next_cursor": next_cursor}, headers={"ETag": etag(progress.version)}
     )
@@ -244,7 +246,8 @@ async def get_progress(key_result_id: UUID, request: Request, _: Actor) -> JSONR
             "latest": None,
         }
         return JSONResponse(body, headers={"ETag": etag(0)})
-    latest = progress.check_ins[progress.latest] if progress.latest else None
+    newest = await asyncio.to_thread(_app(request).check_ins, progress, limit=1)
+    latest = newest[0] if newest else None
     body = {
         "id": str(progress.id),
         "key_result_id": str(progress.key_result_id),
@@ -261,10 +264,10 @@ async def get_progress(key_result_id: UUID, request: Request, _: Actor) -> JSONR
     summary="A check-in, with its corrections",
 )
 async def get_check_in(check_in_id: UUID, request: Request, _: Actor) -> JSONResponse:
-    progress = await asyncio.to_thread(_app(request).progress_of_check_in, check_in_id)
-    entry = progress.find(check_in_id) if progress else None
-    if progress is None or entry is None:
+    found = await asyncio.to_thread(_app(request).check_in, check_in_id)
+    if found is None:
         raise NotFound(f"No check-in with id {check_in_id}")
+    progress, entry = found
     return JSONResponse(_check_in_public(progress, entry), headers={"ETag": etag(progress.version)})
 
 

@@ -339,7 +339,9 @@ async def test_concurrent_check_ins_are_each_stored_once_and_projected(
     # The store: one aggregate with every check-in once, numbered without gaps.
     progress = await asyncio.to_thread(checkins.runtime.app.progress, uuid.UUID(key_result))
     assert progress is not None and progress.count == total
-    stored = {e["id"]: e for e in progress.check_ins.values()}
+    app = checkins.runtime.app
+    documents = await asyncio.to_thread(app.check_ins, progress, limit=total + 1)
+    stored = {e["id"]: e for e in documents}
     assert set(stored) == set(sent)
     assert sorted(e["number"] for e in stored.values()) == list(range(1, total + 1))
     assert {i: stored[i]["value"] for i in sent} == sent

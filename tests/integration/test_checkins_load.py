@@ -44,7 +44,9 @@ async def test_a_thousand_check_ins_from_eight_clients(
 
     progress = await asyncio.to_thread(checkins.runtime.app.progress, uuid.UUID(p.key_result_id))
     assert progress is not None and progress.count == CLIENTS * EACH
-    entries = list(progress.check_ins.values())
+    app = checkins.runtime.app
+    newest_first = await asyncio.to_thread(app.check_ins, progress, limit=CLIENTS * EACH + 1)
+    entries = newest_first[::-1]
     assert [e["number"] for e in entries] == list(range(1, CLIENTS * EACH + 1))
     assert sorted(e["value"] for e in entries) == sorted(
         float(n * 1000 + i) for n in range(CLIENTS) for i in range(EACH)

@@ -17,6 +17,8 @@ from services.checkins.domain import (
     KeyResultProgress,
     KeyResultTerms,
     TeamCheckIn,
+    check_in_entry,
+    corrected_entry,
     meeting_id_for,
     progress_id_for,
 )
@@ -98,13 +100,24 @@ def test_check_ins_are_numbered_and_recorded_with_actor_and_time() -> None:
     progress = KeyResultProgress.open(t)
     first = progress.check_in(t, 10, 7, " steady ", ["waiting on legal", " data "])
     second = progress.check_in(t, 20, 5, "", [])
-    assert progress.count == 2 and progress.latest == str(second)
-    entry = progress.find(first)
-    assert entry is not None
+    assert progress.count == 2 and (first.number, second.number) == (1, 2)
+    entry = check_in_entry(first)
     assert (entry["number"], entry["value"], entry["confidence"]) == (1, 10.0, 7)
     assert entry["note"] == "steady" and entry["blockers"] == ["waiting on legal", "data"]
     assert entry["actor"] == "alice" and entry["at"]
-    assert first == progress.check_in_id_for(1) and second == progress.check_in_id_for(2)
+    assert entry["key_result_id"] == str(t.id) and entry["corrections"] == []
+    assert first.check_in_id == progress.check_in_id_for(1)
+    assert second.check_in_id == progress.check_in_id_for(2)
+
+
+def test_the_state_does_not_grow_with_the_check_ins() -> None:
+    t = terms()
+    progress = KeyResultProgress.open(t)
+    before = dict(vars(progress))
+    for n in range(200):
+        progress.check_in(t, n % 100, 5, "a note " * 20, ["a blocker"])
+    after = vars(progress)
+    assert set(after) == set(before) and after["count"] == 200
 
 
 @pytest.mark.parametrize(
@@ -119,31 +132,36 @@ def test_blockers_are_bounded(blockers: list[str]) -> None:
 def test_a_correction_keeps_the_original_and_every_correction() -> None:
     t = terms()
     progress = KeyResultProgress.open(t)
-    check_in_id = progress.check_in(t, 10, 7, "", [])
-    progress.correct(t, check_in_id, 12, None, "typo")
-    progress.correct(t, check_in_id, None, 4, "the vendor slipped")
-    entry = progress.find(check_in_id)
-    assert entry is not None
+    checked_in = progress.check_in(t, 10, 7, "", [])
+    entry = check_in_entry(checked_in)
+    cid = checked_in.check_in_id
+    entry = corrected_entry(entry, progress.correct(t, entry, cid, 12, None, "typo"))
+    entry = corrected_entry(entry, progress.correct(t, entry, cid, None, 4, "the vendor slipped"))
     assert (entry["value"], entry["confidence"]) == (12.0, 4)
     assert (entry["original_value"], entry["original_confidence"]) == (10.0, 7)
     assert [c["reason"] for c in entry["corrections"]] == ["typo", "the vendor slipped"]
     assert entry["corrections"][1]["previous_confidence"] == 7
+    assert entry["corrections"][1]["previous_value"] == 12.0
 
 
 def test_corrections_are_checked() -> None:
     t = terms("boolean", 0, 1)
     progress = KeyResultProgress.open(t)
-    check_in_id = progress.check_in(t, 0, 5, "", [])
+    checked_in = progress.check_in(t, 0, 5, "", [])
+    entry = check_in_entry(checked_in)
+    cid = checked_in.check_in_id
     with pytest.raises(InvalidValue):
-        progress.correct(t, check_in_id, None, None, "nothing")
+        progress.correct(t, entry, cid, None, None, "nothing")
     with pytest.raises(InvalidValue):
-        progress.correct(t, check_in_id, 0.5, None, "half done")
+        progress.correct(t, entry, cid, 0.5, None, "half done")
     with pytest.raises(InvalidValue):
-        progress.correct(t, check_in_id, 1, None, "   ")
+        progress.correct(t, entry, cid, 1, None, "   ")
     with pytest.raises(InvalidValue):
-        progress.correct(t, uuid.uuid4(), 1, None, "which one?")
+        progress.correct(t, None, uuid.uuid4(), 1, None, "which one?")
+    with pytest.raises(InvalidValue):
+        progress.correct(t, entry, uuid.uuid4(), 1, None, "another check-in's document")
     with pytest.raises(RuleBroken):
-        progress.correct(t, check_in_id, 0, 5, "same again")
+        progress.correct(t, entry, cid, 0, 5, "same again")
     assert len(list(progress.collect_events())) == 2  # opened and checked in: nothing else
 
 
@@ -159,19 +177,30 @@ def test_corrections_are_checked() -> None:
         max_size=30,
     )
 )
-def test_replaying_the_events_gives_back_the_same_history(
+def test_replaying_the_events_gives_back_the_same_state(
     steps: list[tuple[float, int, float | None]],
 ) -> None:
     with command_context(CONTEXT):
         t = terms("percent")
         progress = KeyResultProgress.open(t)
         for value, confidence, corrected in steps:
-            check_in_id = progress.check_in(t, value, confidence, "", [])
+            checked_in = progress.check_in(t, value, confidence, "", [])
             if corrected is not None and corrected != value:
-                progress.correct(t, check_in_id, corrected, None, "fix")
+                entry = check_in_entry(checked_in)
+                progress.correct(t, entry, checked_in.check_in_id, corrected, None, "fix")
         rebuilt = replay(progress)
-    assert rebuilt.check_ins == progress.check_ins
-    assert rebuilt.latest == progress.latest and rebuilt.version == progress.version
+    assert vars(rebuilt) == vars(progress)
+    assert rebuilt.count == len(steps)
+
+
+def test_a_version_1_snapshot_is_lifted_to_the_small_state() -> None:
+    state = {
+        "key_result_id": uuid.uuid4(),
+        "check_ins": {str(uuid.uuid4()): {"number": n} for n in range(1, 4)},
+        "latest": "x",
+    }
+    KeyResultProgress.upcast_v1_v2(state)
+    assert state["count"] == 3 and "check_ins" not in state and "latest" not in state
 
 
 # --- meetings -----------------------------------------------------------------------------

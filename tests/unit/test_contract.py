@@ -182,7 +182,13 @@ def stored_v1_events() -> list[StoredEvent]:
 
 
 def test_events_stored_at_version_1_are_read_at_version_2() -> None:
-    app = CheckinsApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    app = CheckinsApplication(
+        env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": ":memory:",
+            "APPLICATION_RECORDER_TOPIC": "shared.store:SQLiteStoreRecorder",
+        }
+    )
     stored = stored_v1_events()
     app.recorder.insert_events(stored)
 
