@@ -33,7 +33,7 @@ from uuid import UUID
 
 import httpx
 import nats as nats_py
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 
 from bench.common import SECRET, Nats, Store, free_port, wait_port
@@ -47,7 +47,7 @@ from shared.auth import mint_token
 from shared.catalogue import Catalogue, CycleEntry, KeyResultEntry, ObjectiveEntry
 from shared.domain import CommandContext, command_context
 from shared.nats import ensure_stream
-from shared.store import Document, Lookup, ServiceApplication, store_env
+from shared.store import Document, Lookup, ServiceApplication, collect, store_env
 from shared.writer import UnitOfWork
 
 # Only the stores are opened here; the settings want a NATS URL all the same.
@@ -136,14 +136,8 @@ def _project(aggregate: Any, events: Iterable[Any]) -> Any:
 
 
 def _save(app: ServiceApplication, aggregates: Iterable[Aggregate], **kwargs: Any) -> list[Any]:
-    """`app.save(*aggregates, **kwargs)` less `collect_events`' two isinstance checks per
-    aggregate against runtime Protocols (~20-30 us each on Python 3.11, as much as recording
-    the event): the same events, recordings and snapshots."""
-    processing: ProcessingEvent[Any] = ProcessingEvent()
-    for agg in aggregates:
-        processing.events.extend(agg.collect_events())
-        processing.aggregates[agg.id] = agg
-    processing.saved_kwargs.update(kwargs)
+    """`app.save(*aggregates, **kwargs)` with the library's own, synchronous snapshots."""
+    processing = collect(list(aggregates), **kwargs)
     recordings: list[Any] = app._record(processing)
     # The library's own, synchronous snapshots (the services take them on a thread of their
     # own, which a generator this fast would outrun): every interval gets its snapshot.

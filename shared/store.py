@@ -25,7 +25,8 @@ from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 import psycopg
-from eventsourcing.application import Application
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoding
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
@@ -441,6 +442,16 @@ class DateAsISO(Transcoding):
         return date.fromisoformat(data)
 
 
+def collect(aggregates: Sequence[Aggregate], **kwargs: Any) -> ProcessingEvent[Any]:
+    """The pending events of `aggregates`, as `ProcessingEvent.collect_events` gathers them."""
+    processing: ProcessingEvent[Any] = ProcessingEvent()
+    for aggregate in aggregates:
+        processing.events.extend(aggregate.collect_events())
+        processing.aggregates[aggregate.id] = aggregate
+    processing.saved_kwargs.update(kwargs)
+    return processing
+
+
 class ServiceApplication(Application):
     """Base of every service's Application: configured only from our settings."""
 
@@ -462,6 +473,19 @@ class ServiceApplication(Application):
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-snapshots")
         self._snapshots_waiting = 0
         self._snapshots_lock = threading.Lock()
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """`Application.save`, less the two isinstance checks per aggregate against runtime
+        Protocols in `collect_events` (20-30 µs each on Python 3.11, as much as recording the
+        event): the same events, recordings, snapshots and notifications."""
+        if not all(isinstance(obj, Aggregate) for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing = collect(objs, **kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        self.notify(processing.events)  # the library's deprecated hook, called as it does
+        return recordings
 
     def _take_snapshots(self, processing_event: Any) -> None:
         # A snapshot only speeds up loading, and taking one reloads the aggregate from the
