@@ -6,6 +6,7 @@ memory as the history grows."""
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,12 @@ class Process:
         raise RuntimeError(
             f"{self.name} not ready after {timeout} s: {self.log.read_text()[-2000:]}"
         )
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system (`/proc/<pid>/stat`)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def memory_kib(self) -> dict[str, int]:
         """Resident memory now and at its peak (VmRSS, VmHWM)."""
@@ -174,8 +181,12 @@ def throughput(
     figures: list[Figure] = []
     best = 0.0
     for n in clients:
+        ceiling_cpu = system.processes["ceiling"].cpu_seconds()
         ceiling = wrk.run(system.url("ceiling"), ids, token, connections=n, seconds=seconds)
+        ceiling_cpu = system.processes["ceiling"].cpu_seconds() - ceiling_cpu
+        used = {name: system.processes[name].cpu_seconds() for name in SERVICES}
         real = wrk.run(system.url("checkins"), ids, token, connections=n, seconds=seconds)
+        used = {name: system.processes[name].cpu_seconds() - used[name] for name in SERVICES}
         if real.failed or ceiling.failed:
             raise RuntimeError(
                 f"errors under load: checkins {real.errors}, ceiling {ceiling.errors}"
@@ -193,6 +204,21 @@ def throughput(
                 target=">= 0.5" if n > 1 else None,
                 met=judge(real.rate / ceiling.rate, ">= 0.5") if n > 1 else None,
                 detail={"checkins": real.as_dict(), "ceiling": ceiling.as_dict()},
+            )
+        )
+        # CPU per request is steadier than a rate on a shared machine: it shows what a
+        # change costs or saves even when the run's throughput is off by noise.
+        per_request = {k: 1000 * v / max(real.requests, 1) for k, v in used.items()}
+        figures.append(
+            Figure(
+                "checkins",
+                store,
+                f"checkins CPU per check-in, {n} client{'s' if n > 1 else ''}",
+                per_request["checkins"],
+                "ms",
+                ceiling=1000 * ceiling_cpu / max(ceiling.requests, 1),
+                ceiling_name="bare FastAPI POST CPU per request",
+                detail={"cpu_ms_per_check_in": {k: round(v, 4) for k, v in per_request.items()}},
             )
         )
         if n == 1:
