@@ -496,9 +496,9 @@ class CommandWriter:
         lookups: list[Lookup],
         documents: list[Document],
     ) -> list[Any]:
-        """One transaction: the events, their lookups and the answers of keyed commands.
-        Commands that changed nothing still get their answer stored, so a retry never runs
-        them again."""
+        """One transaction: the events, their lookups and documents, and the answers of keyed
+        commands. Commands that changed nothing still get their answer stored, so a retry never
+        runs them again (a document is only ever written with an event)."""
         started = time.perf_counter()
         if aggregates:
             recordings = list(
