@@ -26,6 +26,8 @@ MEETING_NAMESPACE = uuid5(NAMESPACE_URL, "https://okr.example/checkins/team-chec
 
 MAX_LIST_ITEMS = 50
 MAX_ITEM_LENGTH = 1000
+# Corrections of one check-in: each is kept, and its document carries them all.
+MAX_CORRECTIONS = 100
 LISTS = MEETING_LISTS
 
 
@@ -250,6 +252,12 @@ class KeyResultProgress(OkrAggregate):
             InvalidValue,
             "A correction changes value, confidence or both",
             "value",
+        )
+        check(
+            len(entry["corrections"]) < MAX_CORRECTIONS,
+            RuleBroken,
+            f"Check-in {check_in_id} was corrected {MAX_CORRECTIONS} times already, the most a "
+            "check-in takes: check in again with the right value instead",
         )
         new_value = entry["value"] if value is None else terms.check_value(value)
         new_confidence = entry["confidence"] if confidence is None else check_confidence(confidence)

@@ -219,6 +219,26 @@ async def test_a_correction_that_changes_nothing_is_409(
     assert await stored(checkins) == before
 
 
+async def test_a_check_in_takes_at_most_a_hundred_corrections(
+    goals: RunningService, checkins: RunningService
+) -> None:
+    p = await plan(goals, checkins)
+    first = await check_in(checkins.client, p.key_result_id, value=0, confidence=7)
+    for n in range(1, 101):
+        r = await checkins.client.post(
+            f"/v1/check-ins/{first}/correct", json={"value": n, "reason": f"fix {n}"}
+        )
+        assert r.status_code == 200, r.text
+    before = await stored(checkins)
+    r = await checkins.client.post(
+        f"/v1/check-ins/{first}/correct", json={"value": 0, "reason": "once more"}
+    )
+    assert "corrected 100 times" in assert_problem(r, 409)["detail"]
+    assert await stored(checkins) == before
+    body = (await checkins.client.get(f"/v1/check-ins/{first}")).json()
+    assert body["value"] == 100 and len(body["corrections"]) == 100
+
+
 async def test_no_corrections_once_the_cycle_closed(
     goals: RunningService, checkins: RunningService
 ) -> None:

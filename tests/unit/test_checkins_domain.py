@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.checkins.domain import (
+    MAX_CORRECTIONS,
     KeyResultProgress,
     KeyResultTerms,
     TeamCheckIn,
@@ -163,6 +164,20 @@ def test_corrections_are_checked() -> None:
     with pytest.raises(RuleBroken):
         progress.correct(t, entry, cid, 0, 5, "same again")
     assert len(list(progress.collect_events())) == 2  # opened and checked in: nothing else
+
+
+def test_a_check_in_takes_a_bounded_number_of_corrections() -> None:
+    t = terms()
+    progress = KeyResultProgress.open(t)
+    checked_in = progress.check_in(t, 0, 5, "", [])
+    entry = check_in_entry(checked_in)
+    cid = checked_in.check_in_id
+    for n in range(1, MAX_CORRECTIONS + 1):
+        entry = corrected_entry(entry, progress.correct(t, entry, cid, n, None, f"fix {n}"))
+    assert len(entry["corrections"]) == MAX_CORRECTIONS
+    with pytest.raises(RuleBroken, match="corrected 100 times"):
+        progress.correct(t, entry, cid, 0, None, "once more")
+    assert progress.count == 1 and len(progress.pending_events) == 2 + MAX_CORRECTIONS
 
 
 @settings(max_examples=50, deadline=None)
