@@ -8,6 +8,7 @@ the `/healthz`, `/readyz` and `/metrics` endpoints.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import StringConstraints
+from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -229,31 +230,11 @@ class BodyLimitMiddleware:
                     await self._refuse(scope, receive, send)
                     return
         # Buffer the (small) body so a chunked upload cannot exceed the limit either.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        body = await read_body(receive, self.limit)
+        if body is None:
+            await self._refuse(scope, receive, send)
+            return
+        await self.app(scope, replaying(body, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
@@ -263,6 +244,39 @@ class BodyLimitMiddleware:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None once it grows past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands over `body` (already read) first, then waits as `receive` does
+    (for the client's disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class MetricsMiddleware:
@@ -502,6 +516,124 @@ def command_response(result: CommandResult, location: str | None = None) -> JSON
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(result.body, status_code=result.status, headers=headers)
+
+
+# --- lean command routes ------------------------------------------------------------------
+
+# The path parameters of command routes are ids: the canonical UUID form is served lean, any
+# other spelling goes to FastAPI, which decides whether it is one.
+_UUID_PART = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_JSON = "application/json"
+
+# What a lean command does once its input is known to be good: the route's work, as its
+# FastAPI endpoint would do it (path ids by name, the validated body, the command's headers).
+LeanHandler = Callable[
+    [Request, dict[str, uuid.UUID], Any, CommandContext, Idempotency | None, int | None],
+    Awaitable[Response],
+]
+
+
+@dataclass(frozen=True)
+class LeanCommand:
+    """A command route that the busiest clients call, served without FastAPI's per-request
+    machinery (routing, dependency solving, exit stacks: more than the command's own work).
+
+    Its FastAPI route stays the definition of the endpoint: the OpenAPI document, and the
+    answer to every request that is not a plain, valid, authenticated command."""
+
+    path: str  # the FastAPI route's path, e.g. "/v1/key-results/{key_result_id}/check-ins"
+    body: type[BaseModel]
+    handle: LeanHandler
+    method: str = "POST"
+
+    def pattern(self) -> re.Pattern[str]:
+        regex = re.sub(r"\\\{(\w+)\\\}", rf"(?P<\1>{_UUID_PART})", re.escape(self.path))
+        return re.compile(f"^{regex}$")
+
+
+class LeanCommandMiddleware:
+    """Serves the `LeanCommand`s of a FastAPI app ahead of its router (innermost middleware).
+
+    A request is served lean only when it is a plain command that FastAPI would accept as it
+    is: the route's method, canonical ids in the path, no query string, a JSON body of the
+    route's model, a valid token and well-formed command headers, all checked by the same
+    dependencies and model as the route's. Anything else goes on to FastAPI untouched (its
+    body replayed), so refusals are FastAPI's own answers, in its own order. Once a command
+    runs, its errors are answered by the app's own exception handlers."""
+
+    def __init__(
+        self, app: ASGIApp, http: FastAPI, commands: list[LeanCommand], routers: list[APIRouter]
+    ) -> None:
+        self.app = app
+        self.http = http
+        self.commands: list[tuple[re.Pattern[str], LeanCommand, APIRoute]] = []
+        routes = [route for router in routers for route in router.routes]
+        for command in commands:
+            route = next(
+                (
+                    r
+                    for r in routes
+                    if isinstance(r, APIRoute)
+                    and r.path == command.path
+                    and command.method in (r.methods or ())
+                ),
+                None,
+            )
+            if route is None:
+                raise RuntimeError(f"no route {command.method} {command.path} to serve lean")
+            self.commands.append((command.pattern(), command, route))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        found = self._match(scope)
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        match, command, route = found
+        body = await read_body(receive) or b""
+        request = Request(scope, replaying(body, receive))
+        try:
+            if request.headers.get("content-type", "").lower() != _JSON:
+                raise ValueError("not a plain JSON body")
+            principal = await current_principal(request)
+            context = await command_context_dep(request, principal)
+            idempotency = await idempotency_dep(request, principal)
+            expected = await if_match_dep(request)
+            data = command.body.model_validate(json.loads(body))
+            ids = {name: uuid.UUID(value) for name, value in match.groupdict().items()}
+        except (AuthError, DomainError, ValueError):
+            # Not a plain valid command (JSON and validation errors are ValueErrors): FastAPI
+            # answers it as it would have, and nothing was done yet.
+            await self.app(scope, replaying(body, receive), send)
+            return
+        scope["route"] = route  # what the metrics label requests by, as FastAPI sets it
+        try:
+            response = await command.handle(request, ids, data, context, idempotency, expected)
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None:
+                raise  # the app's outermost handler answers 500, as for any route
+            response = await handler(request, exc)
+        await response(scope, request.receive, send)
+
+    def _match(self, scope: Scope) -> tuple[re.Match[str], LeanCommand, APIRoute] | None:
+        for pattern, command, route in self.commands:
+            if scope["method"] == command.method:
+                match = pattern.match(scope["path"])
+                if match is not None:
+                    return match, command, route
+        return None
+
+    def _handler_for(self, exc: Exception) -> Callable[[Request, Any], Any] | None:
+        handlers = self.http.exception_handlers
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
+            if cls in handlers:
+                return handlers[cls]
+        return None
 
 
 # --- health, readiness, metrics -----------------------------------------------------------

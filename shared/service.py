@@ -21,6 +21,8 @@ from shared.domain import InvalidValue, NotYetKnown
 from shared.http import (
     BodyLimitMiddleware,
     Check,
+    LeanCommand,
+    LeanCommandMiddleware,
     MetricsMiddleware,
     RequestContextMiddleware,
     document_headers,
@@ -104,6 +106,7 @@ def create_service(
     title: str,
     description: str,
     on_runtime: Callable[[Runtime], None] | None = None,
+    lean: list[LeanCommand] | None = None,
 ) -> FastAPI:
     service = settings.service
 
@@ -163,7 +166,10 @@ def create_service(
         document_headers(router)
         http.include_router(router)
     http.include_router(operations_router(_checks(http)))
-    # Outermost first: metrics see every response, including 413s and refused preflights.
+    # Innermost first (each one added wraps the ones before): metrics see every response,
+    # including 413s and refused preflights; lean commands run inside every other layer.
+    if lean:
+        http.add_middleware(LeanCommandMiddleware, http=http, commands=lean, routers=routers)
     http.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     http.add_middleware(RequestContextMiddleware)
     if settings.cors_origin_list:

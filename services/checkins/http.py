@@ -15,13 +15,14 @@ from services.checkins import application as uc
 from services.checkins.application import CheckinsApplication
 from services.checkins.domain import MAX_ITEM_LENGTH, MAX_LIST_ITEMS, KeyResultProgress
 from shared.catalogue import Catalogue
-from shared.domain import InvalidValue, NotFound
+from shared.domain import CommandContext, InvalidValue, NotFound
 from shared.http import (
     PROBLEM_RESPONSES,
     Actor,
     Context,
     IdempotencyDep,
     IfMatch,
+    LeanCommand,
     MinPosition,
     command_response,
     etag,
@@ -30,6 +31,7 @@ from shared.okr import status_of
 from shared.schemas import Body, CommandAnswer, Number, Reason, Text
 from shared.service import Runtime, runtime_of
 from shared.telemetry import CHECKINS
+from shared.writer import Idempotency
 
 # --- request and response bodies ----------------------------------------------------------
 
@@ -178,8 +180,19 @@ async def create_check_in(
     expected: IfMatch,
     min_position: MinPosition = None,
 ) -> JSONResponse:
+    await runtime_of(request).wait_for_position(min_position)
+    return await check_in(request, key_result_id, body, context, idem, expected)
+
+
+async def check_in(
+    request: Request,
+    key_result_id: UUID,
+    body: CheckInCreate,
+    context: CommandContext,
+    idem: Idempotency | None,
+    expected: int | None,
+) -> JSONResponse:
     runtime = runtime_of(request)
-    await runtime.wait_for_position(min_position)
     catalogue = catalogue_of(runtime)
     result = await runtime.writer.execute(
         lambda uow: uc.check_in(
@@ -443,3 +456,15 @@ async def catalogue_status(
 
 
 routers = [check_ins, meetings, catalogue_router]
+
+# Check-ins are the command clients send most: served without FastAPI's per-request machinery
+# (`LeanCommand`), with the route above as their definition and the answer to anything else.
+lean_commands = [
+    LeanCommand(
+        "/v1/key-results/{key_result_id}/check-ins",
+        CheckInCreate,
+        lambda request, ids, body, context, idem, expected: check_in(
+            request, ids["key_result_id"], body, context, idem, expected
+        ),
+    )
+]

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
 from services.checkins.application import CheckinsApplication
-from services.checkins.http import routers
+from services.checkins.http import lean_commands, routers
 from shared.catalogue import Catalogue
 from shared.consumer import Consumer, Inbox
 from shared.contract import SUBSCRIPTIONS
@@ -55,4 +55,5 @@ def create_app(settings: CheckinsSettings | None = None) -> FastAPI:
         "meetings. Every change is an event on `okr.checkins.>`; the key results it accepts "
         "check-ins for come from the goals service's events.",
         on_runtime=_wire,
+        lean=lean_commands,
     )
