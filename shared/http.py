@@ -603,9 +603,10 @@ class LeanCommandMiddleware:
             expected = await if_match_dep(request)
             data = command.body.model_validate(json.loads(body))
             ids = {name: uuid.UUID(value) for name, value in match.groupdict().items()}
-        except (AuthError, DomainError, ValueError):
-            # Not a plain valid command (JSON and validation errors are ValueErrors): FastAPI
-            # answers it as it would have, and nothing was done yet.
+        except Exception:
+            # Not a plain valid command (a bad token or header, JSON that does not parse, even
+            # nested too deep for the parser, a body the model refuses): nothing was done yet,
+            # so FastAPI answers it exactly as it would have.
             await self.app(scope, replaying(body, receive), send)
             return
         scope["route"] = route  # what the metrics label requests by, as FastAPI sets it

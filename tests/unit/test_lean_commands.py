@@ -104,7 +104,7 @@ def _app(lean: bool) -> tuple[FastAPI, list[str]]:
             commands=[LeanCommand(PATH, CheckInCreate, handle)],
             routers=[router],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=4096)
+    app.add_middleware(BodyLimitMiddleware, limit=65536)
     app.add_middleware(RequestContextMiddleware)
     return app, calls
 
@@ -195,7 +195,11 @@ FRAMEWORK_CASES = {
     "bad if-match, bad body": {"headers": {"if-match": "x"}, "json": {"value": "x"}},
     "GET": {"method": "GET"},
     "PUT": {"method": "PUT"},
-    "too large": {"content": b'{"note": "' + b"x" * 5000 + b'"}'},
+    "nested too deep to parse": {"content": b"[" * 10_000 + b"]" * 10_000},
+    "a field nested too deep": {
+        "content": b'{"value": 1, "confidence": 1, "note": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    },
+    "too large": {"content": b'{"note": "' + b"x" * 70_000 + b'"}'},
 }
 
 
