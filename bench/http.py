@@ -6,11 +6,14 @@ memory as the history grows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,36 +251,85 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+class Http1:
+    """A keep-alive HTTP/1.1 client on one connection, for the latency probe: httpx's own CPU
+    (about 2.5 ms for a command and a read on an idle machine here, more under load) would
+    otherwise be counted as the system's latency. Answers must carry a Content-Length, as every
+    JSON answer of the services and of the bare app does."""
+
+    def __init__(self, url: str, token: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.headers = f"Host: {host}\r\nAuthorization: Bearer {token}\r\n".encode()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        extra = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        self._writer.write(
+            f"{method} {path} HTTP/1.1\r\n".encode()
+            + self.headers
+            + (extra if body else b"")
+            + b"\r\n"
+            + body
+        )
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        fields = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
+        length = {k.strip().lower(): v for k, v in fields.items()}.get(b"content-length")
+        if length is None:
+            raise RuntimeError(f"{method} {path}: an answer without Content-Length")
+        return status, await self._reader.readexactly(int(length))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+
+
 async def _probe(
-    system: System, ids: list[str], stop: asyncio.Event, every_s: float
+    system: System, ids: list[str], stop: asyncio.Event, every_s: float, *, floor: bool = False
 ) -> tuple[list[float], list[float]]:
     """Check in, then read the projections with `min_position` of the answer; the time from
-    sending the command to the projections' answer, and the part spent in the read."""
+    sending the command to the projections' answer, and the part spent in the read. With
+    `floor`, the same two requests to the bare app (its check-in and its `/readyz`): what the
+    client and HTTP alone take on this machine at that moment."""
     token = bench_token()
-    headers = {"Authorization": f"Bearer {token}"}
+    command = Http1(system.url("ceiling" if floor else "checkins"), token)
+    read = Http1(system.url("ceiling" if floor else "projections"), token)
     totals: list[float] = []
     reads: list[float] = []
-    checkins, projections = system.url("checkins"), system.url("projections")
-    async with httpx.AsyncClient(headers=headers, timeout=30) as c:
+    try:
         i = 0
         while not stop.is_set():
             i += 1
             kr = ids[i % len(ids)]
-            body = {"value": i % 100, "confidence": i % 11, "note": "probe"}
+            body = json.dumps({"value": i % 100, "confidence": i % 11, "note": "probe"})
             started = time.perf_counter()
-            r = await c.post(f"{checkins}/v1/key-results/{kr}/check-ins", json=body)
-            if r.status_code != 201:
-                raise RuntimeError(f"probe check-in: {r.status_code} {r.text}")
-            answered = time.perf_counter()
-            r = await c.get(
-                f"{projections}/v1/cycles", params={"min_position": r.json()["position"]}
+            status, answer = await command.request(
+                "POST", f"/v1/key-results/{kr}/check-ins", body.encode()
             )
-            if r.status_code != 200:
-                raise RuntimeError(f"probe read: {r.status_code} {r.text}")
+            if status != 201:
+                raise RuntimeError(f"probe check-in: {status} {answer[:300]!r}")
+            answered = time.perf_counter()
+            position = urllib.parse.quote(json.loads(answer)["position"])
+            status, answer = await read.request(
+                "GET", "/readyz" if floor else f"/v1/cycles?min_position={position}"
+            )
+            if status != 200:
+                raise RuntimeError(f"probe read: {status} {answer[:300]!r}")
             done = time.perf_counter()
             totals.append((done - started) * 1000)
             reads.append((done - answered) * 1000)
             await asyncio.sleep(max(0.0, every_s - (done - started)))
+    finally:
+        await command.close()
+        await read.close()
     return totals, reads
 
 
@@ -312,9 +364,11 @@ async def projection_latency(
     for share in shares:
         stop = asyncio.Event()
         probe = asyncio.create_task(_probe(system, ids, stop, every_s=0.05))
+        bare = asyncio.create_task(_probe(system, ids, stop, every_s=0.05, floor=True))
         load, pause = await _held_load(system, ids, best * share, seconds)
         stop.set()
         totals, reads = await probe
+        floors, _ = await bare
         if load.failed:
             raise RuntimeError(f"errors under held load: {load.errors}")
         held = load.rate / best
@@ -327,10 +381,13 @@ async def projection_latency(
                     f"command → projection p{q}, load {held:.0%} of max",
                     value,
                     "ms",
+                    ceiling=_percentile(floors, q),
+                    ceiling_name="the same probe's command and read to the bare app",
                     target=limit if share <= 0.5 else None,
                     met=judge(value, limit) if limit and share <= 0.5 else None,
                     detail={
                         "samples": len(totals),
+                        "floor_samples": len(floors),
                         "read_part_ms": round(_percentile(reads, q), 3),
                         "load": load.as_dict(),
                         "pause_ms": round(pause, 1),
