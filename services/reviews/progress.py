@@ -86,16 +86,19 @@ class ProgressView:
             entry = replace(current, value=d.value, confidence=d.confidence)
         else:
             return  # a correction of an older check-in: the latest stays
-        tx.execute(
-            "INSERT INTO {t}latest_check_ins VALUES (?, ?, ?, ?) ON CONFLICT (key_result_id)"
-            " DO UPDATE SET check_in_id = excluded.check_in_id, value = excluded.value,"
-            " confidence = excluded.confidence",
-            (str(entry.key_result_id), str(entry.check_in_id), entry.value, entry.confidence),
-        )
         self._staged[entry.key_result_id] = entry
 
     def flush(self, tx: Tx) -> None:
-        pass  # written as applied
+        # A batch's last entry per key result, in one statement (or a few) at its end.
+        tx.insert(
+            "INSERT INTO {t}latest_check_ins",
+            [
+                (str(e.key_result_id), str(e.check_in_id), e.value, e.confidence)
+                for e in self._staged.values()
+            ],
+            " ON CONFLICT (key_result_id) DO UPDATE SET check_in_id = excluded.check_in_id,"
+            " value = excluded.value, confidence = excluded.confidence",
+        )
 
     def committed(self) -> None:
         with self._lock:
