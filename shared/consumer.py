@@ -798,6 +798,9 @@ class Consumer:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=1.0)
                 raise
+            # Committed: release the readers waiting for these positions before the acks.
+            async with self._advanced:
+                self._advanced.notify_all()
             for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True)):
                 await self._settle(msg, outcome, invalid.get(i))
             applied = outcomes.count(Outcome.APPLIED)
@@ -824,8 +827,6 @@ class Consumer:
         CONSUMER_BATCH_SECONDS.labels(self.service, self.name).observe(
             time.perf_counter() - started
         )
-        async with self._advanced:
-            self._advanced.notify_all()
 
     async def _settle(self, msg: Msg, outcome: Outcome, reason: str | None) -> None:
         if outcome is Outcome.INVALID:
