@@ -285,6 +285,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        # The labelled series by (method, route, status): looked up once each, not per
+        # request. Bounded: routes are templates, methods and statuses are few.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -302,12 +305,18 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            HTTP_REQUESTS.labels(self.service, f"{scope['method']} {path}", str(status)).inc()
-            HTTP_LATENCY.labels(self.service, f"{scope['method']} {path}").observe(
-                time.perf_counter() - started
-            )
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            key = (scope["method"], route, status)
+            series = self._series.get(key)
+            if series is None:
+                name = f"{scope['method']} {route}"
+                series = (
+                    HTTP_REQUESTS.labels(self.service, name, str(status)),
+                    HTTP_LATENCY.labels(self.service, name),
+                )
+                self._series[key] = series
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
 
 class RequestContextMiddleware:
