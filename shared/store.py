@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import threading
 import time
 from collections.abc import Sequence
@@ -28,10 +29,11 @@ import psycopg
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoding
-from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
+from psycopg_pool import ConnectionPool
 
 from shared.settings import ServiceSettings
 
@@ -470,6 +472,10 @@ class ServiceApplication(Application):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        datastore = getattr(self.recorder, "datastore", None)
+        if isinstance(datastore, PostgresDatastore):
+            # `_check` is the pool's `check=` argument, which the library sets for pre-ping.
+            datastore.pool._check = check_if_spoken_to
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-snapshots")
         self._snapshots_waiting = 0
         self._snapshots_lock = threading.Lock()
@@ -575,6 +581,19 @@ class ServiceApplication(Application):
 
     def ping(self) -> None:
         self.recorder.ping()  # type: ignore[attr-defined]
+
+
+def check_if_spoken_to(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of each PostgreSQL connection it hands out, in place of the library's
+    pre-ping (a round trip to the server every time: a fifth of the writer's time under load).
+    An idle connection has nothing to read; when its socket has, the server closed it (a
+    restart, a killed backend) or sent a notice, and only then is it pinged. A dead one is
+    refused here, and the pool hands out another."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 def store_env(settings: ServiceSettings) -> dict[str, str]:

@@ -1,0 +1,96 @@
+"""The PostgreSQL pool's check of the connections it hands out (`check_if_spoken_to`): no round
+trip for a live idle connection, and a connection the server has closed is refused, so the
+pool hands out another and the store carries on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from services.checkins.application import CheckinsApplication
+from services.checkins.main import CheckinsSettings
+from shared.store import check_if_spoken_to, store_env
+from tests.system import store_for
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def app(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[CheckinsApplication]:
+    settings = CheckinsSettings(jwt_secret="s" * 32, **store_for(request, tmp_path))
+    application = CheckinsApplication(store_env(settings))
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The round trips the check makes (the library's check, counted)."""
+    made: list[object] = []
+    real = ConnectionPool.check_connection
+
+    def counted(conn: Any) -> None:
+        made.append(conn)
+        real(conn)
+
+    monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(counted))
+    return made
+
+
+def test_the_pool_checks_connections_with_it(app: CheckinsApplication) -> None:
+    pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+    assert pool._check is check_if_spoken_to
+
+
+def test_a_live_idle_connection_costs_no_round_trip(
+    app: CheckinsApplication, pings: list[object]
+) -> None:
+    for _ in range(20):
+        app.ping()
+    assert app.recorder.max_notification_id() is None
+    assert pings == []
+
+
+def test_a_connection_the_server_closed_is_pinged_and_refused(
+    app: CheckinsApplication, pings: list[object]
+) -> None:
+    pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+    conn = pool.getconn()
+    try:
+        check_if_spoken_to(conn)  # alive and idle: passes, no round trip
+        assert pings == []
+        pid = conn.info.backend_pid
+        # Another session ends its backend, as a server restart would: its socket says so.
+        with psycopg.connect(conn.info.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            while admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()[0]:  # type: ignore[index]
+                time.sleep(0.01)
+        with pytest.raises(psycopg.OperationalError):
+            check_if_spoken_to(conn)
+        assert pings == [conn]
+    finally:
+        pool.putconn(conn)  # broken: the pool drops it
+    app.ping()
+    assert app.recorder.max_notification_id() is None
+
+
+def test_a_closed_connection_is_refused_without_a_round_trip(
+    app: CheckinsApplication, pings: list[object]
+) -> None:
+    pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+    conn = pool.getconn()
+    try:
+        conn.close()
+        with pytest.raises(psycopg.OperationalError):
+            check_if_spoken_to(conn)
+    finally:
+        pool.putconn(conn)
+    assert pings == []
+    app.ping()
