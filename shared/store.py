@@ -302,6 +302,12 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
 
 
 class PostgresStoreRecorder(PostgresProcessRecorder):
+    def _notify_channel(self, curs: Any) -> None:
+        """No NOTIFY with each insert of events: it is for the library's LISTEN-based
+        subscriptions, and nothing here listens (each service's relay is woken by its writer,
+        and other services learn of events from NATS). A NOTIFY costs a statement in every
+        write and, at commit, a lock shared by the whole PostgreSQL cluster."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         schema = Identifier(self.datastore.schema)

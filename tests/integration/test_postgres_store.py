@@ -1,6 +1,7 @@
-"""The PostgreSQL pool's check of the connections it hands out (`check_if_spoken_to`): no round
-trip for a live idle connection, and a connection the server has closed is refused, so the
-pool hands out another and the store carries on."""
+"""The PostgreSQL store's own wiring. The pool's check of the connections it hands out
+(`check_if_spoken_to`): no round trip for a live idle connection, and a connection the server
+has closed is refused, so the pool hands out another and the store carries on. And no NOTIFY
+with the events, since nothing listens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.domain import Aggregate
 from psycopg_pool import ConnectionPool
 
 from services.checkins.application import CheckinsApplication
@@ -94,3 +96,17 @@ def test_a_closed_connection_is_refused_without_a_round_trip(
         pool.putconn(conn)
     assert pings == []
     app.ping()
+
+
+def test_saving_events_sends_no_notification(app: CheckinsApplication) -> None:
+    """Nothing listens for the library's NOTIFY with each insert, so none is sent."""
+    recorder: Any = app.recorder
+    pool = recorder.datastore.pool
+    with pool.connection() as conn:
+        dsn = conn.info.dsn
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{recorder.channel_name}"')
+        aggregate = Aggregate()
+        app.save(aggregate)
+        assert app.recorder.max_notification_id() == 1
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
