@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
@@ -481,7 +482,7 @@ class ServiceApplication(Application):
         datastore = getattr(self.recorder, "datastore", None)
         if isinstance(datastore, PostgresDatastore):
             # `_check` is the pool's `check=` argument, which the library sets for pre-ping.
-            datastore.pool._check = check_if_spoken_to
+            datastore.pool._check = partial(check_if_spoken_to, pool=datastore.pool)
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-snapshots")
         self._snapshots_waiting = 0
         self._snapshots_lock = threading.Lock()
@@ -589,7 +590,9 @@ class ServiceApplication(Application):
         self.recorder.ping()  # type: ignore[attr-defined]
 
 
-def check_if_spoken_to(conn: psycopg.Connection[Any]) -> None:
+def check_if_spoken_to(
+    conn: psycopg.Connection[Any], pool: ConnectionPool[Any] | None = None
+) -> None:
     """The pool's check of each PostgreSQL connection it hands out, in place of the library's
     pre-ping (a round trip to the server every time: a fifth of the writer's time under load).
     An idle connection has nothing to read; when its socket has, the server closed it (a
@@ -598,8 +601,17 @@ def check_if_spoken_to(conn: psycopg.Connection[Any]) -> None:
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    if readable:
+    if not readable:
+        return
+    try:
         ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        if pool is not None:
+            # A server that closed one connection (a restart) closed the idle ones beside it
+            # too: the pool tests them all now and replaces the dead, so that its next try
+            # gets a live one instead of backing off (1 s, 2 s, ...) over each dead one.
+            pool.check()
+        raise
 
 
 def store_env(settings: ServiceSettings) -> dict[str, str]:

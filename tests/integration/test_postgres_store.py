@@ -46,7 +46,8 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
 def test_the_pool_checks_connections_with_it(app: CheckinsApplication) -> None:
     pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
-    assert pool._check is check_if_spoken_to
+    assert pool._check.func is check_if_spoken_to
+    assert pool._check.keywords == {"pool": pool}
 
 
 def test_a_live_idle_connection_costs_no_round_trip(
@@ -81,6 +82,29 @@ def test_a_connection_the_server_closed_is_pinged_and_refused(
         pool.putconn(conn)  # broken: the pool drops it
     app.ping()
     assert app.recorder.max_notification_id() is None
+
+
+def test_after_the_server_closed_every_idle_connection_the_next_call_is_prompt(
+    app: CheckinsApplication,
+) -> None:
+    """As after a restart: without the pool testing them all at the first dead one, it backs
+    off over each (1 s, 2 s, 4 s: past its 5 s timeout with four)."""
+    pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+    held = [pool.getconn() for _ in range(pool.get_stats()["pool_available"])]
+    pids = [c.info.backend_pid for c in held]
+    dsn = held[0].info.dsn
+    for c in held:
+        pool.putconn(c)
+    assert len(pids) >= 2
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        while admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.01)
+    started = time.monotonic()
+    assert app.recorder.max_notification_id() is None
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_closed_connection_is_refused_without_a_round_trip(
