@@ -44,6 +44,17 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return made
 
 
+def _end_backends(dsn: str, pids: list[int]) -> None:
+    """Another session ends these backends, as a server restart would (their sockets then have
+    the end to read), and waits until they are gone."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        while admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.01)
+
+
 def test_the_pool_checks_connections_with_it(app: CheckinsApplication) -> None:
     pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
     assert pool._check.func is check_if_spoken_to
@@ -67,14 +78,7 @@ def test_a_connection_the_server_closed_is_pinged_and_refused(
     try:
         check_if_spoken_to(conn)  # alive and idle: passes, no round trip
         assert pings == []
-        pid = conn.info.backend_pid
-        # Another session ends its backend, as a server restart would: its socket says so.
-        with psycopg.connect(conn.info.dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            while admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
-            ).fetchone()[0]:  # type: ignore[index]
-                time.sleep(0.01)
+        _end_backends(conn.info.dsn, [conn.info.backend_pid])
         with pytest.raises(psycopg.OperationalError):
             check_if_spoken_to(conn)
         assert pings == [conn]
@@ -96,12 +100,7 @@ def test_after_the_server_closed_every_idle_connection_the_next_call_is_prompt(
     for c in held:
         pool.putconn(c)
     assert len(pids) >= 2
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-        while admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
-        ).fetchone()[0]:  # type: ignore[index]
-            time.sleep(0.01)
+    _end_backends(dsn, pids)
     started = time.monotonic()
     assert app.recorder.max_notification_id() is None
     assert time.monotonic() - started < 1.0
