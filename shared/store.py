@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import select
 import threading
 import time
@@ -29,8 +30,19 @@ from uuid import UUID
 import psycopg
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent, Transcoding
-from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    JSONTranscoder,
+    OperationalError,
+    StoredEvent,
+    Transcoding,
+)
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresProcessRecorder,
+)
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
@@ -45,6 +57,11 @@ log = logging.getLogger(__name__)
 MAX_SNAPSHOTS_WAITING = 256
 
 RELAY_TRACKING_NAME = "relay:nats"
+
+# Inserting events into PostgreSQL when the connection fails: as the library does, up to 10
+# attempts, 0.2 s apart.
+INSERT_ATTEMPTS = 10
+INSERT_RETRY_WAIT_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -309,9 +326,81 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         and other services learn of events from NATS). A NOTIFY costs a statement in every
         write and, at commit, a lock shared by the whole PostgreSQL cluster."""
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The library's insert, retried as the library retries it when the connection
+        fails, but never applied twice. A connection lost during COMMIT leaves its outcome
+        unknown: the server may have committed. Then the retry meets its own events under the
+        unique key, and an `IntegrityError` there would make the writer run its commands again
+        from a fresh load, recording each a second time. So after such a failure an
+        `IntegrityError` is first checked against the store: when the events there are these
+        very events (same ids, versions and state), the first attempt committed and its
+        notification ids are the answer."""
+        insert = PostgresApplicationRecorder.insert_events.__wrapped__  # the undecorated one
+        uncertain = False
+        for attempt in range(1, INSERT_ATTEMPTS + 1):
+            try:
+                ids: Sequence[int] | None = insert(self, stored_events, **kwargs)
+                return ids
+            except (InterfaceError, OperationalError):
+                if attempt == INSERT_ATTEMPTS:
+                    raise
+                uncertain = True
+            except IntegrityError:
+                if not (uncertain and stored_events):
+                    raise
+                try:
+                    committed = self._ids_if_committed(stored_events)
+                except (InterfaceError, OperationalError):
+                    if attempt == INSERT_ATTEMPTS:
+                        raise
+                    committed = None  # the store is away again: look once it is back
+                else:
+                    if committed is None:
+                        raise  # another writer's events: a true conflict
+                if committed is not None:
+                    log.warning(
+                        "a commit whose answer was lost had succeeded: %d events kept once",
+                        len(stored_events),
+                    )
+                    return committed
+            time.sleep(INSERT_RETRY_WAIT_S * random.uniform(0.95, 1.05))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ids_if_committed(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
+        """The notification ids of `stored_events` if exactly these events are stored (all of
+        them, with the same topic and state), else None."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self._select_own_events,
+                (
+                    [e.originator_id for e in stored_events],
+                    [e.originator_version for e in stored_events],
+                ),
+            )
+            rows = {(str(r["originator_id"]), r["originator_version"]): r for r in curs.fetchall()}
+        ids: list[int] = []
+        for e in stored_events:
+            row = rows.get((str(e.originator_id), e.originator_version))
+            if row is None or row["topic"] != e.topic or bytes(row["state"]) != e.state:
+                return None
+            ids.append(int(row["notification_id"]))
+        return ids
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         schema = Identifier(self.datastore.schema)
+        self._select_own_events = SQL(
+            "SELECT t.originator_id, t.originator_version, t.topic, t.state, t.notification_id "
+            "FROM {schema}.{table} AS t "
+            "JOIN unnest(%s::{id_type}[], %s::bigint[]) AS k(id, version) "
+            "ON t.originator_id = k.id AND t.originator_version = k.version"
+        ).format(
+            schema=schema,
+            table=Identifier(self.events_table_name),
+            id_type=SQL(self.datastore.originator_id_type),
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.idempotency_keys ("
