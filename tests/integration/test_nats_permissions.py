@@ -308,12 +308,16 @@ async def test_the_subscriber_replays_everything_and_changes_nothing(
     system: dict[str, RunningService], server: ConfiguredNatsServer, passwords: dict[str, str]
 ) -> None:
     goals = system["goals"]
+    before = await stream_size(server, passwords)
     r = await goals.client.post(
         "/v1/cycles", json={"name": "Q3", "starts_on": "2027-07-01", "ends_on": "2027-09-30"}
     )
     assert r.status_code == 201, r.text
-    total = await stream_size(server, passwords)
-    assert total > 0
+    # The relay publishes after the answer: wait for the cycle's event to be in the stream.
+    deadline = time.monotonic() + 10
+    while (total := await stream_size(server, passwords)) <= before:
+        assert time.monotonic() < deadline, "the cycle's event never reached the stream"
+        await asyncio.sleep(0.05)
 
     # External systems keep nats-py's default `_INBOX.` replies.
     async with connected(server, passwords, "subscriber", inbox_prefix="_INBOX") as reader:
