@@ -36,6 +36,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
     OperationalError,
+    ProgrammingError,
     StoredEvent,
     Transcoding,
 )
@@ -46,6 +47,7 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteProcessRecorder
 from eventsourcing.utils import Environment
+from psycopg.pq import TransactionStatus
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
 
@@ -344,12 +346,14 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         `IntegrityError` is first checked against the store: when the events there are these
         very events (same ids, versions and state), the first attempt committed and its
         notification ids are the answer."""
-        insert = PostgresApplicationRecorder.insert_events.__wrapped__  # the undecorated one
         uncertain = False
         for attempt in range(1, INSERT_ATTEMPTS + 1):
             try:
-                ids: Sequence[int] | None = insert(self, stored_events, **kwargs)
-                return ids
+                if kwargs.get("tracking") is not None:  # not used here; the library's way
+                    insert = PostgresApplicationRecorder.insert_events.__wrapped__
+                    ids: Sequence[int] | None = insert(self, stored_events, **kwargs)
+                    return ids
+                return self._insert_pipelined(stored_events, **kwargs)
             except (InterfaceError, OperationalError):
                 if attempt == INSERT_ATTEMPTS:
                     raise
@@ -374,6 +378,67 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                     return committed
             time.sleep(INSERT_RETRY_WAIT_S * random.uniform(0.95, 1.05))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _insert_pipelined(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        """One transaction in one round trip to the server (two when a command's answer is
+        stored, since it holds the events' notification ids): BEGIN, the table lock and the
+        events, then the answers, lookups, documents and inbox rows, and COMMIT, all sent in
+        one pipeline. The library's way (a pipeline around psycopg's `transaction()`, which
+        syncs as it is entered and left) makes five round trips, each a wait for the server and
+        then for the GIL on a busy process. Any error (a duplicate key among them) aborts the
+        transaction on the server: nothing is kept, and the error is raised here."""
+        records: list[IdempotencyRecord] = kwargs.get("idempotency") or []
+        with self.datastore.get_connection() as conn:
+            try:
+                with conn.pipeline() as pipeline:
+                    curs = conn.cursor()
+                    curs.execute("BEGIN")
+                    inserted = conn.cursor()
+                    if stored_events:
+                        self._insert_stored_events(inserted, stored_events, **kwargs)
+                    ids: list[int] | None = None
+                    if records:
+                        pipeline.sync()  # the notification ids, for the answers
+                        ids = self._returned_ids(inserted, stored_events)
+                        by_event = _ids_by_event(stored_events, ids)
+                        curs.executemany(
+                            self._insert_answer_strictly,
+                            [
+                                (r.key, r.fingerprint, r.status, r.answer(by_event), r.created_at)
+                                for r in records
+                            ],
+                        )
+                    self._write_beside_events(curs, **kwargs)
+                    curs.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status in (
+                    TransactionStatus.INTRANS,
+                    TransactionStatus.INERROR,
+                ):
+                    conn.rollback()
+                raise
+            return ids if ids is not None else self._returned_ids(inserted, stored_events)
+
+    @staticmethod
+    def _returned_ids(curs: Any, stored_events: Sequence[StoredEvent]) -> list[int]:
+        if not stored_events:
+            return []
+        ids = [int(row["notification_id"]) for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(
+                f"Couldn't get all notification IDs (got {len(ids)}, expected {len(stored_events)})"
+            )
+        return ids
+
+    def _write_beside_events(self, curs: Any, **kwargs: Any) -> None:
+        """The lookups, documents and inbox rows saved with the events."""
+        lookups: list[Lookup] = kwargs.get("lookups") or []
+        if lookups:
+            curs.executemany(self._insert_lookup, [(x.kind, x.key, x.value) for x in lookups])
+        documents: list[Document] = kwargs.get("documents") or []
+        if documents:
+            curs.executemany(self._upsert_document, [d.row() for d in documents])
+        self._record_inbox(curs, kwargs.get("inbox") or [])
 
     def _ids_if_committed(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
         """The notification ids of `stored_events` if exactly these events are stored (all of
@@ -436,6 +501,10 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
             "INSERT INTO {schema}.idempotency_keys VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (key) DO NOTHING RETURNING key"
         ).format(schema=schema)
+        # Inside a pipelined transaction: a key already recorded is an error that aborts it.
+        self._insert_answer_strictly = SQL(
+            "INSERT INTO {schema}.idempotency_keys VALUES (%s, %s, %s, %s, %s)"
+        ).format(schema=schema)
         self._select_answer = SQL(
             "SELECT fingerprint, status, body FROM {schema}.idempotency_keys WHERE key = %s"
         ).format(schema=schema)
@@ -455,13 +524,7 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                 if curs.fetchone() is None:
                     # Raised inside the library's transaction: everything rolls back.
                     raise IntegrityError(f"Idempotency key already recorded: {r.key}")
-        lookups: list[Lookup] = kwargs.get("lookups") or []
-        if lookups:
-            curs.executemany(self._insert_lookup, [(x.kind, x.key, x.value) for x in lookups])
-        documents: list[Document] = kwargs.get("documents") or []
-        if documents:
-            curs.executemany(self._upsert_document, [d.row() for d in documents])
-        self._record_inbox(curs, kwargs.get("inbox") or [])
+        self._write_beside_events(curs, **kwargs)
         return ids
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:

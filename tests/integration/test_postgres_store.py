@@ -12,11 +12,18 @@ from typing import Any
 import psycopg
 import pytest
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
 from psycopg_pool import ConnectionPool
 
 from services.checkins.application import CheckinsApplication
 from services.checkins.main import CheckinsSettings
-from shared.store import check_if_spoken_to, store_env
+from shared.store import (
+    Document,
+    IdempotencyRecord,
+    Lookup,
+    check_if_spoken_to,
+    store_env,
+)
 from tests.system import store_for
 
 pytestmark = pytest.mark.postgres
@@ -133,3 +140,50 @@ def test_saving_events_sends_no_notification(app: CheckinsApplication) -> None:
         app.save(aggregate)
         assert app.recorder.max_notification_id() == 1
         assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+
+
+def _all_idle(app: CheckinsApplication) -> bool:
+    """Every pooled connection is out of any transaction (none left open or aborted)."""
+    pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+    stats = pool.get_stats()
+    conns = [pool.getconn() for _ in range(stats["pool_size"])]
+    try:
+        return all(c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE for c in conns)
+    finally:
+        for c in conns:
+            pool.putconn(c)
+
+
+def test_a_save_is_one_transaction_with_its_answers_lookups_and_documents(
+    app: CheckinsApplication,
+) -> None:
+    first, second = Aggregate(), Aggregate()
+    record = IdempotencyRecord("alice:k1", "f", 201, {"id": str(first.id)}, [(first.id, 1)])
+    app.save(
+        first,
+        idempotency=[record],
+        lookups=[Lookup("check-in", "c1", str(first.id))],
+        documents=[Document("check-in", "c1", str(first.id), 1, {"n": 1})],
+    )
+    answer = app.find_answer("alice:k1")
+    assert answer is not None and answer.body["position"] == "1"
+    assert app.find_lookup("check-in", "c1") == str(first.id)
+    assert app.find_document("check-in", "c1") == {"n": 1}
+
+    # A key, or a lookup, already recorded: the whole save fails and leaves nothing behind.
+    again = IdempotencyRecord("alice:k1", "f", 201, {"id": str(second.id)}, [(second.id, 1)])
+    with pytest.raises(IntegrityError):
+        app.save(second, idempotency=[again], documents=[Document("check-in", "c2", "x", 1, {})])
+    with pytest.raises(IntegrityError):
+        app.save(second, lookups=[Lookup("check-in", "c1", str(second.id))])
+    assert app.recorder.max_notification_id() == 1
+    assert app.find_document("check-in", "c2") is None
+    assert app.find_lookup("check-in", "c1") == str(first.id)
+    assert _all_idle(app)
+
+    # The connections are fine afterwards.
+    third = Aggregate()
+    app.save(third, lookups=[Lookup("check-in", "c2", str(third.id))])
+    stored = app.recorder.select_notifications(start=None, limit=10)
+    assert [n.originator_id for n in stored] == [first.id, third.id]
+    assert app.find_lookup("check-in", "c2") == str(third.id)
