@@ -12,6 +12,7 @@ with its corrections), so that the aggregate stays small however long its histor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -415,7 +416,8 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                     TransactionStatus.INTRANS,
                     TransactionStatus.INERROR,
                 ):
-                    conn.rollback()
+                    with contextlib.suppress(psycopg.Error):  # a broken connection is dropped
+                        conn.rollback()
                 raise
             return ids if ids is not None else self._returned_ids(inserted, stored_events)
 
