@@ -167,7 +167,7 @@ async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Syst
 async def counts(s: System) -> dict[str, dict[str, float]]:
     svc = s.services["projections"]
     return {
-        m: await consumer_counts(svc, m)
+        m: await consumer_counts(svc, m, s.services)
         for m in ("applied", "duplicates", "redelivered", "rescheduled", "rejected")
     }
 

@@ -627,7 +627,7 @@ async def test_forged_events_are_rejected_by_every_consumer_and_change_no_view(
     at = await settle(s)
     before = await snapshot(s, at)
     projections = s["projections"]
-    metrics = {m: await consumer_counts(projections, m) for m in ("rejected", "applied")}
+    metrics = {m: await consumer_counts(projections, m, s) for m in ("rejected", "applied")}
     messages = [*hostile(), *more_hostile()]
     nc = await nats.connect(s["goals"].runtime.settings.nats_url)
     try:
@@ -641,15 +641,15 @@ async def test_forged_events_are_rejected_by_every_consumer_and_change_no_view(
         for _, c in consumers(s)
     }
     deadline = time.monotonic() + 30
-    while grown(metrics["rejected"], await consumer_counts(projections, "rejected")) != expected:
+    while grown(metrics["rejected"], await consumer_counts(projections, "rejected", s)) != expected:
         assert time.monotonic() < deadline, (
-            grown(metrics["rejected"], await consumer_counts(projections, "rejected")),
+            grown(metrics["rejected"], await consumer_counts(projections, "rejected", s)),
             expected,
         )
         await asyncio.sleep(0.05)
     await quiet(s)
     assert_unchanged(before, await snapshot(s, at))
-    applied = grown(metrics["applied"], await consumer_counts(projections, "applied"))
+    applied = grown(metrics["applied"], await consumer_counts(projections, "applied", s))
     assert not any(applied.values()), applied
     record(
         "hostile",

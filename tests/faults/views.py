@@ -203,10 +203,15 @@ def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
 # --- metrics ------------------------------------------------------------------------------
 
 
-async def consumer_counts(svc: RunningService, metric: str) -> dict[str, float]:
-    """`okr_consumer_<metric>_total` per consumer (`<service>-<name>`), from `/metrics`."""
+async def consumer_counts(
+    svc: RunningService, metric: str, services: Mapping[str, RunningService]
+) -> dict[str, float]:
+    """`okr_consumer_<metric>_total` per consumer (`<service>-<name>`), from `/metrics`, for
+    the consumers of `services` only: services run in the test process share one registry,
+    which also holds the series of consumers that earlier tests ran (a rebuild's, say)."""
     r = await svc.client.get("/metrics")
     assert r.status_code == 200
+    ours = {c.durable for _, c in consumers(services)}
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(r.text):
         if family.name != f"okr_consumer_{metric}":
@@ -214,7 +219,8 @@ async def consumer_counts(svc: RunningService, metric: str) -> dict[str, float]:
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 key = f"{sample.labels['service']}-{sample.labels['consumer']}"
-                counts[key] = sample.value
+                if key in ours:
+                    counts[key] = sample.value
     return counts
 
 
