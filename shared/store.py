@@ -50,7 +50,7 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteProcessRec
 from eventsourcing.utils import Environment
 from psycopg.pq import TransactionStatus
 from psycopg.sql import SQL, Identifier
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.settings import ServiceSettings
 
@@ -71,6 +71,9 @@ INSERT_RETRY_WAIT_S = 0.2
 # a commit does it itself only past this many pages in the WAL (40 MB; SQLite's default is
 # 1,000), should that thread fall that far behind.
 WAL_CHECKPOINT_EVERY_S = 0.1
+
+# How long a store call waits for a PostgreSQL connection while the server is unreachable.
+FAIL_FAST_WAIT_S = 0.1
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
@@ -691,9 +694,12 @@ class ServiceApplication(Application):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         datastore = getattr(self.recorder, "datastore", None)
+        self.fail_fast: FailFast | None = None
         if isinstance(datastore, PostgresDatastore):
             # `_check` is the pool's `check=` argument, which the library sets for pre-ping.
             datastore.pool._check = partial(check_if_spoken_to, pool=datastore.pool)
+            self.fail_fast = FailFast(datastore.pool)
+            datastore.pool.getconn = self.fail_fast.getconn  # type: ignore[method-assign]
         self._checkpointer: WalCheckpointer | None = None
         if isinstance(datastore, SQLiteDatastore) and not datastore.pool.is_sqlite_memory_mode:
             self._checkpointer = WalCheckpointer(datastore, self.name)
@@ -829,6 +835,48 @@ def check_if_spoken_to(
             # gets a live one instead of backing off (1 s, 2 s, ...) over each dead one.
             pool.check()
         raise
+
+
+class FailFast:
+    """While PostgreSQL is unreachable, a store call waits `FAIL_FAST_WAIT_S` for a connection
+    instead of the pool's whole timeout (`OKR_DATABASE_WAIT_S`).
+
+    The library retries each call ten times on a connection error, so during an outage every
+    read and every save waited ten pool timeouts (50 s at the default 5 s) before the client got
+    its 503, and the writer held every other command for as long. After a connection wait that
+    timed out while the pool's own attempts to connect were failing, the store is taken as
+    unreachable: the next calls wait briefly, so a request answers 503 within a few seconds.
+    The first call that gets a connection (the pool reconnects in the background) ends it. A
+    wait that timed out with no failed connection attempt is a busy pool, not an outage, and
+    changes nothing."""
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self._pool = pool
+        self._getconn = pool.getconn
+        self.unreachable = False
+        self._errors = self._connection_errors()
+
+    def _connection_errors(self) -> int:
+        return int(self._pool.get_stats().get("connections_errors", 0))
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        if self.unreachable:
+            timeout = min(timeout or FAIL_FAST_WAIT_S, FAIL_FAST_WAIT_S)
+        try:
+            conn = self._getconn(timeout)
+        except PoolTimeout:
+            errors = self._connection_errors()
+            if errors > self._errors:
+                if not self.unreachable:
+                    log.warning("PostgreSQL unreachable: store calls fail fast until it is back")
+                self.unreachable = True
+            self._errors = errors
+            raise
+        if self.unreachable:
+            self.unreachable = False
+            self._errors = self._connection_errors()
+            log.info("PostgreSQL reachable again")
+        return conn
 
 
 def store_env(settings: ServiceSettings) -> dict[str, str]:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from services.checkins.application import CheckinsApplication
 from services.checkins.main import CheckinsSettings
@@ -187,3 +187,20 @@ def test_a_save_is_one_transaction_with_its_answers_lookups_and_documents(
     stored = app.recorder.select_notifications(start=None, limit=10)
     assert [n.originator_id for n in stored] == [first.id, third.id]
     assert app.find_lookup("check-in", "c2") == str(third.id)
+
+
+def test_a_busy_pool_is_not_taken_for_an_unreachable_server(app: CheckinsApplication) -> None:
+    """Every connection in use and a wait that times out, with no failed attempt to connect:
+    calls keep waiting the pool's whole timeout (`FailFast` only shortens it in an outage,
+    tests/faults/test_store_outage.py)."""
+    pool = app.recorder.datastore.pool  # type: ignore[attr-defined]
+    assert app.fail_fast is not None and pool.getconn == app.fail_fast.getconn
+    held = [pool.getconn() for _ in range(pool.max_size)]
+    try:
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.2)
+        assert not app.fail_fast.unreachable
+    finally:
+        for conn in held:
+            pool.putconn(conn)
+    app.ping()
