@@ -40,6 +40,7 @@ from shared.domain import (
     VersionMismatch,
 )
 from shared.logs import bind
+from shared.store import StoreUnreachable
 from shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS
 from shared.writer import (
     CommandResult,
@@ -201,7 +202,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, _auth_error)  # type: ignore[arg-type]
     app.add_exception_handler(DomainError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
-    for unreachable in (OperationalError, InterfaceError):
+    for unreachable in (OperationalError, InterfaceError, StoreUnreachable):
         app.add_exception_handler(unreachable, _store_unreachable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
 

@@ -37,6 +37,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
     OperationalError,
+    PersistenceError,
     ProgrammingError,
     StoredEvent,
     Transcoding,
@@ -837,6 +838,11 @@ def check_if_spoken_to(
         raise
 
 
+class StoreUnreachable(PersistenceError):
+    """PostgreSQL was found unreachable and still gives no connection. Not an
+    `OperationalError`, so the library does not retry the call: it fails at once."""
+
+
 class FailFast:
     """While PostgreSQL is unreachable, a store call waits `FAIL_FAST_WAIT_S` for a connection
     instead of the pool's whole timeout (`OKR_DATABASE_WAIT_S`).
@@ -845,10 +851,10 @@ class FailFast:
     read and every save waited ten pool timeouts (50 s at the default 5 s) before the client got
     its 503, and the writer held every other command for as long. After a connection wait that
     timed out while the pool's own attempts to connect were failing, the store is taken as
-    unreachable: the next calls wait briefly, so a request answers 503 within a few seconds.
-    The first call that gets a connection (the pool reconnects in the background) ends it. A
-    wait that timed out with no failed connection attempt is a busy pool, not an outage, and
-    changes nothing."""
+    unreachable: the next calls wait briefly and then raise `StoreUnreachable`, which the
+    library does not retry, so a request answers 503 at once. The first call that gets a
+    connection (the pool reconnects in the background) ends it. A wait that timed out with no
+    failed connection attempt is a busy pool, not an outage, and changes nothing."""
 
     def __init__(self, pool: ConnectionPool[Any]) -> None:
         self._pool = pool
@@ -860,17 +866,20 @@ class FailFast:
         return int(self._pool.get_stats().get("connections_errors", 0))
 
     def getconn(self, timeout: float | None = None) -> Any:
-        if self.unreachable:
+        was_unreachable = self.unreachable
+        if was_unreachable:
             timeout = min(timeout or FAIL_FAST_WAIT_S, FAIL_FAST_WAIT_S)
         try:
             conn = self._getconn(timeout)
-        except PoolTimeout:
+        except PoolTimeout as e:
             errors = self._connection_errors()
             if errors > self._errors:
                 if not self.unreachable:
                     log.warning("PostgreSQL unreachable: store calls fail fast until it is back")
                 self.unreachable = True
             self._errors = errors
+            if was_unreachable and self.unreachable:
+                raise StoreUnreachable(f"PostgreSQL is unreachable: {e}") from e
             raise
         if self.unreachable:
             self.unreachable = False
