@@ -72,10 +72,10 @@ INSERT_RETRY_WAIT_S = 0.2
 # a commit does it itself only past this many pages in the WAL (40 MB; SQLite's default is
 # 1,000), should that thread fall that far behind.
 WAL_CHECKPOINT_EVERY_S = 0.1
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 # How long a store call waits for a PostgreSQL connection while the server is unreachable.
 FAIL_FAST_WAIT_S = 0.1
-WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -371,11 +371,10 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                 except (InterfaceError, OperationalError):
                     if attempt == INSERT_ATTEMPTS:
                         raise
-                    committed = None  # the store is away again: look once it is back
+                    # The store is away again: insert once more, and look again after that.
                 else:
                     if committed is None:
                         raise  # another writer's events: a true conflict
-                if committed is not None:
                     log.warning(
                         "a commit whose answer was lost had succeeded: %d events kept once",
                         len(stored_events),
