@@ -21,7 +21,7 @@ State = dict[str, Any]
 TREE_KINDS = "('cycle', 'objective', 'key_result', 'progress')"
 
 
-def _states(tx: Tx, t: Tables, cycle_id: str, as_of: str | None) -> dict[tuple[str, str], State]:
+def okr_states(tx: Tx, t: Tables, cycle_id: str, as_of: str | None) -> dict[tuple[str, str], State]:
     """Every entity of the cycle, by (kind, id): now, or as it was at `as_of`."""
     # Only the kinds the tree shows: a cycle's check-ins outnumber everything else in it.
     if as_of is None:
@@ -30,16 +30,17 @@ def _states(tx: Tx, t: Tables, cycle_id: str, as_of: str | None) -> dict[tuple[s
             (cycle_id,),
         ).fetchall()
     else:
-        # The last state of each entity that came into being at or before `as_of`.
+        # Each entity's last state valid at `as_of`, if it existed then: one probe of the
+        # history's time index per entity, so the cost follows the size of the tree, not of
+        # its history (an entity keeps its cycle, so the current rows name them all).
         rows = tx.execute(
-            f"SELECT h.kind, h.id, h.state FROM {t.history} h JOIN ("
-            f" SELECT kind, id, MAX(pos) AS pos FROM {t.history}"
-            f" WHERE cycle_id = ? AND valid_from <= ? AND kind IN {TREE_KINDS}"
-            " GROUP BY kind, id) latest"
-            " ON h.kind = latest.kind AND h.id = latest.id AND h.pos = latest.pos",
-            (cycle_id, as_of),
+            f"SELECT e.kind, e.id, (SELECT h.state FROM {t.history} h"
+            " WHERE h.kind = e.kind AND h.id = e.id AND h.valid_from <= ?"
+            " ORDER BY h.valid_from DESC, h.pos DESC LIMIT 1) AS state"
+            f" FROM {t.entities} e WHERE e.cycle_id = ? AND e.kind IN {TREE_KINDS}",
+            (as_of, cycle_id),
         ).fetchall()
-    return {(r["kind"], r["id"]): json.loads(r["state"]) for r in rows}
+    return {(r["kind"], r["id"]): json.loads(r["state"]) for r in rows if r["state"] is not None}
 
 
 def key_result_view(kr: State, progress: State | None) -> State:
@@ -69,7 +70,7 @@ def okr_tree(db: Database, t: Tables, cycle_id: str, as_of: str | None = None) -
     """The cycle's objectives with their key results, progress, confidence and rollups;
     None when the cycle is unknown (or did not exist yet at `as_of`)."""
     with db.transaction(commit=False) as tx:
-        states = _states(tx, t, cycle_id, as_of)
+        states = okr_states(tx, t, cycle_id, as_of)
     cycle = states.get(("cycle", cycle_id))
     if cycle is None:
         return None

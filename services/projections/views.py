@@ -58,8 +58,12 @@ class Tables:
             f"CREATE TABLE IF NOT EXISTS {self.history} (kind TEXT NOT NULL, id TEXT NOT NULL,"
             " cycle_id TEXT, valid_from TEXT NOT NULL, pos BIGINT NOT NULL, state TEXT NOT NULL,"
             " PRIMARY KEY (kind, id, pos))",
-            f"CREATE INDEX IF NOT EXISTS {b}_history_cycle ON {self.history}"
-            " (cycle_id, valid_from)",
+            # `as_of` seeks each entity's last state at a time: one index probe per entity,
+            # however long its history (valid_from never goes back within an entity).
+            f"CREATE INDEX IF NOT EXISTS {b}_history_time ON {self.history}"
+            " (kind, id, valid_from, pos)",
+            # Replaced by the index above (it made `as_of` read every earlier state).
+            f"DROP INDEX IF EXISTS {{t}}{b}_history_cycle",
             f"CREATE TABLE IF NOT EXISTS {self.audit} (pos BIGINT PRIMARY KEY, at TEXT NOT NULL,"
             " actor TEXT NOT NULL, service TEXT NOT NULL, entity_type TEXT NOT NULL,"
             " entity_id TEXT NOT NULL, related_id TEXT, event_type TEXT NOT NULL,"
@@ -157,15 +161,17 @@ class Views:
         self._committed_pos = 0
         self._lock = threading.Lock()
         # What the batch's events wrote, held until `flush` writes it in a few statements:
-        # entity states by (kind, id) (the batch's later events read them from here), and
-        # the history rows and audit entries in order.
-        self._states: dict[tuple[str, str], tuple[str | None, str | None, str, int]] = {}
+        # entity states by (kind, id) with the time each is valid from (the batch's later
+        # events read them from here), and the history rows and audit entries in order.
+        self._states: dict[tuple[str, str], tuple[str | None, str | None, str, int, str]] = {}
         self._history: list[tuple[str, str, str | None, str, int, str]] = []
         self._audit: list[tuple[Any, ...]] = []
         # Committed entity states, the most recently written first out of the store: this
         # projector is the only writer of its generation's tables, so they stay true, and
         # applying an event rarely needs to read the store at all.
-        self._recent: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()  # state, since
+        # When the states this batch read from the store became valid.
+        self._read_since: dict[tuple[str, str], str] = {}
 
     # --- the projector protocol ---------------------------------------------------------
 
@@ -179,7 +185,7 @@ class Views:
     def flush(self, tx: Tx) -> None:
         tx.insert(
             f"INSERT INTO {self.t.entities}",
-            [(k, i, c, p, text, pos) for (k, i), (c, p, text, pos) in self._states.items()],
+            [(k, i, c, p, text, pos) for (k, i), (c, p, text, pos, _) in self._states.items()],
             " ON CONFLICT (kind, id) DO UPDATE SET cycle_id = excluded.cycle_id,"
             " parent_id = excluded.parent_id, state = excluded.state, pos = excluded.pos",
         )
@@ -192,7 +198,7 @@ class Views:
         for key, staged in self._states.items():
             if key[0] in NOT_KEPT:
                 continue
-            recent[key] = staged[2]
+            recent[key] = (staged[2], staged[4])
             recent.move_to_end(key)
         while len(recent) > RECENT_STATES:
             recent.popitem(last=False)
@@ -206,6 +212,7 @@ class Views:
         self._states.clear()
         self._history.clear()
         self._audit.clear()
+        self._read_since.clear()
 
     def apply(self, tx: Tx, event: Received) -> None:
         # parse() let only types of the contract through, and HANDLERS covers all of them.
@@ -247,13 +254,31 @@ class Views:
         staged = self._states.get(key)
         if staged is not None:  # written by an earlier event of this batch
             return dict(orjson.loads(staged[2]))
-        text = self._recent.get(key)
-        if text is not None:
-            return dict(orjson.loads(text))
+        recent = self._recent.get(key)
+        if recent is not None:
+            return dict(orjson.loads(recent[0]))
         row = tx.execute(
-            f"SELECT state FROM {self.t.entities} WHERE kind = ? AND id = ?", (kind, entity_id)
+            f"SELECT e.state, h.valid_from FROM {self.t.entities} e LEFT JOIN {self.t.history} h"
+            " ON h.kind = e.kind AND h.id = e.id AND h.pos = e.pos WHERE e.kind = ? AND e.id = ?",
+            (kind, entity_id),
         ).fetchone()
-        return None if row is None else dict(orjson.loads(row["state"]))
+        if row is None:
+            return None
+        if row["valid_from"] is not None:
+            self._read_since[key] = row["valid_from"]
+        return dict(orjson.loads(row["state"]))
+
+    def _since(self, key: tuple[str, str], at: str) -> str:
+        """When a new state of the entity becomes valid: at its event's time, but never before
+        the state it replaces (read by `current` first), so that each entity's history stays
+        in time order even if a service's clock stepped back, and `as_of` can seek it."""
+        staged = self._states.get(key)
+        if staged is not None:
+            before: str | None = staged[4]
+        else:
+            recent = self._recent.get(key)
+            before = recent[1] if recent is not None else self._read_since.get(key)
+        return at if before is None or at >= before else before
 
     def _write(
         self,
@@ -265,8 +290,10 @@ class Views:
         at: str,
     ) -> None:
         text = _dump(state)
-        self._states[(kind, entity_id)] = (cycle_id, parent_id, text, self.pos)
-        self._history.append((kind, entity_id, cycle_id, at, self.pos, text))
+        key = (kind, entity_id)
+        since = self._since(key, at)
+        self._states[key] = (cycle_id, parent_id, text, self.pos, since)
+        self._history.append((kind, entity_id, cycle_id, since, self.pos, text))
 
     # --- goals ----------------------------------------------------------------------------
 

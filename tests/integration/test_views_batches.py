@@ -10,7 +10,8 @@ import uuid
 from typing import Any
 
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
-from services.projections.views import Views
+from services.projections.queries import okr_states
+from services.projections.views import Tables, Views
 from shared.consumer import Inbox, Outcome, Received, parse
 from shared.sql import Database
 from shared.store import store_env
@@ -22,18 +23,29 @@ PROGRESS = str(uuid.uuid4())
 
 
 def _event(
-    name: str, data: dict[str, Any], sequence: int, version: int, aggregate: str
+    name: str,
+    data: dict[str, Any],
+    sequence: int,
+    version: int,
+    aggregate: str,
+    time: str = "2027-01-04T09:00:00+00:00",
 ) -> Received:
     subject = f"okr.checkins.key_result_progress.{name}"
     body = {
-        **envelope(subject, data, sequence, aggregateversion=version),
+        **envelope(subject, data, sequence, aggregateversion=version, time=time),
         "subject": aggregate,
     }
     return parse(subject, json.dumps(body).encode(), f"okr/checkins:{sequence}")
 
 
 def _checked_in(
-    key_result_id: str, number: int, value: float, sequence: int, aggregate: str, version: int = 0
+    key_result_id: str,
+    number: int,
+    value: float,
+    sequence: int,
+    aggregate: str,
+    version: int = 0,
+    time: str = "2027-01-04T09:00:00+00:00",
 ) -> Received:
     data = {
         "check_in_id": str(uuid.uuid4()),
@@ -44,7 +56,7 @@ def _checked_in(
         "note": "",
         "blockers": [],
     }
-    return _event("checked_in", data, sequence, version or number + 1, aggregate)
+    return _event("checked_in", data, sequence, version or number + 1, aggregate, time)
 
 
 def _views(app: ProjectionsApplication) -> dict[str, Any]:
@@ -109,5 +121,66 @@ def test_an_event_set_aside_mid_batch_leaves_no_trace_of_the_attempt(
         after = _views(app)
         assert after["progress"]["check_in_count"] == 4
         assert after["audit"] == [1, 2, 3, 4, 5]
+    finally:
+        app.close()
+
+
+def test_a_clock_that_stepped_back_keeps_each_history_in_time_order(
+    store: dict[str, Any],
+) -> None:
+    """A state is valid from its event's time but never before the state it replaces, whether
+    that one is staged in the batch, kept in memory or read from the store: `as_of` seeks an
+    entity's history by time, so it must be in time order."""
+    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
+    app = ProjectionsApplication(env=store_env(settings))
+    kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
+    at = "2027-01-04T10:00:{:02d}+00:00".format
+    try:
+        db = Database(app)
+        inbox = Inbox(db, "views", Views())
+        inbox.setup()
+        opened = _event(
+            "opened",
+            {"key_result_id": kr, "objective_id": OBJECTIVE, "cycle_id": CYCLE},
+            1,
+            1,
+            progress,
+            at(0),
+        )
+        # The second check-in's clock is behind the first's (staged in the same batch).
+        batch = [opened, _checked_in(kr, 1, 10.0, 2, progress, time=at(5))]
+        batch.append(_checked_in(kr, 2, 20.0, 3, progress, time=at(3)))
+        assert inbox.process(batch)[0] == [Outcome.APPLIED] * 3
+        # Behind again, in the next batch: the state before it is the one kept in memory.
+        assert inbox.process([_checked_in(kr, 3, 30.0, 4, progress, time=at(2))])[0] == [
+            Outcome.APPLIED
+        ]
+        # And once more after a restart: the state before it is read from the store.
+        again = Inbox(db, "views", Views())
+        again.setup()
+        assert again.process([_checked_in(kr, 4, 40.0, 5, progress, time=at(1))])[0] == [
+            Outcome.APPLIED
+        ]
+        with db.transaction(commit=False) as tx:
+            rows = tx.execute(
+                "SELECT valid_from FROM {t}view_history WHERE kind = 'progress' AND id = ?"
+                " ORDER BY pos",
+                (kr,),
+            ).fetchall()
+            since = [r["valid_from"] for r in rows]
+            assert since == [
+                "2027-01-04T10:00:00.000000Z",
+                *["2027-01-04T10:00:05.000000Z"] * 4,
+            ]
+
+            def current(as_of: str) -> Any:
+                states = okr_states(tx, Tables(1), CYCLE, as_of)
+                return states[("progress", kr)]["current"] if ("progress", kr) in states else "-"
+
+            assert current("2027-01-04T09:59:59.000000Z") == "-"  # not opened yet
+            assert current("2027-01-04T10:00:04.000000Z") is None  # opened, no check-in
+            # Every check-in, the late-stamped ones too, after the first one's time.
+            assert current("2027-01-04T10:00:05.000000Z") == 40.0
+            assert current("2027-01-04T11:00:00.000000Z") == 40.0
     finally:
         app.close()
