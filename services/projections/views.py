@@ -6,7 +6,7 @@ result's progress, a check-in, a meeting, a review). The view keeps:
 
 - `view_entities`: each entity's current state (JSON), by kind and id, with its cycle;
 - `view_history`: every state each entity has had, from the time of the event that made it
-  (`valid_from`): the past as it was, for `as_of`;
+  (`valid_from`, never before the state it replaces): the past as it was, for `as_of`;
 - `view_audit`: one entry per event — when, who, which service and entity, the event type, the
   changes (field → from/to), the reason, correlation and causation ids.
 
