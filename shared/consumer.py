@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,6 +81,11 @@ LAG_MEASURE_EVERY_S = 5.0
 
 
 # --- the envelope ---------------------------------------------------------------------------
+
+
+# Aggregate versions an inbox keeps in memory (a few MB): enough for the cycles, objectives,
+# key results and progresses of some 10,000 key results.
+KNOWN_VERSIONS = 50_000
 
 
 class InvalidMessage(Exception):
@@ -285,6 +291,10 @@ class Inbox:
         self.consumer = consumer
         self.projector = projector
         self.positions: dict[str, int] = {}
+        # The committed version per aggregate, the most recently applied first out: one
+        # process applies a consumer's events (one process per service), so these stay those
+        # of the store, and a batch of known aggregates needs no read before its writes.
+        self._known: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def setup(self) -> None:
         self.db.create([*INBOX_TABLES, *self.projector.tables()])
@@ -318,7 +328,7 @@ class Inbox:
             key=lambda i: (events[i].source, events[i].sequence),
         )
         try:
-            with self.db.transaction() as tx:
+            with self.db.batch() as tx:
                 versions = self._versions(tx, [events[i] for i in order])
                 positions: dict[str, int] = {}
                 counts: dict[str, int] = {}
@@ -332,6 +342,7 @@ class Inbox:
                         continue
                     if ev.aggregate_version > known + 1:
                         outcomes[i] = Outcome.EARLY
+                        self._known.pop(key, None)  # read it again from the store next time
                         continue
                     try:
                         with bind(
@@ -364,15 +375,26 @@ class Inbox:
             self.projector.rolled_back()
             raise
         self.projector.committed()
+        cache = self._known
+        for key, version in applied.items():
+            cache[key] = version
+            cache.move_to_end(key)
+        while len(cache) > KNOWN_VERSIONS:
+            cache.popitem(last=False)
         for source, position in positions.items():
             self.positions[source] = max(self.positions.get(source, 0), position)
         return outcomes
 
     def _versions(self, tx: Tx, events: Iterable[Received]) -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
         ids_by_source: dict[str, set[str]] = {}
         for e in events:
-            ids_by_source.setdefault(e.source, set()).add(str(e.aggregate_id))
-        found: dict[tuple[str, str], int] = {}
+            key = (e.source, str(e.aggregate_id))
+            version = self._known.get(key)
+            if version is not None:
+                found[key] = version
+            else:
+                ids_by_source.setdefault(e.source, set()).add(key[1])
         for source, id_set in ids_by_source.items():
             ids = sorted(id_set)
             for start in range(0, len(ids), 200):

@@ -9,6 +9,7 @@ turns them into the dialect at hand (`%s` and the service's schema on PostgreSQL
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
+from psycopg.pq import TransactionStatus
 
 from shared.store import ServiceApplication, dialect
 
@@ -101,6 +103,77 @@ class Tx:
             return list(self._cursor.fetchall())
 
 
+class ScriptTx(Tx):
+    """A transaction on PostgreSQL whose writes travel together: each is bound on the client
+    into the text of a statement and held, and at the end BEGIN, the writes and COMMIT go to
+    the server as one script in one round trip. A consumer's batch is a read or two and a
+    dozen writes (states, history, audit, inbox rows); as statements of their own, each of
+    those writes was a round trip, and on a busy process each round trip is a wait for the
+    server and then for the GIL.
+
+    A read is sent at once, after the writes held before it (with BEGIN), so it sees them, as
+    it would in a plain transaction. A read before any write runs outside the transaction, as
+    a statement of its own: under READ COMMITTED (the default), each statement of a
+    transaction sees what was committed when it started anyway. Values are bound by psycopg
+    (`ClientCursor.mogrify`), which quotes them for the connection's settings."""
+
+    def __init__(self, db: Database, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(db, conn.cursor())
+        self._client = psycopg.ClientCursor(conn)
+        self._held: list[str] = []
+        self._open = False  # BEGIN was sent
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Tx:
+        sql = self._db.sql(statement)
+        if not _reads(sql):
+            self._held.append(self._client.mogrify(sql, tuple(params)))
+            return self
+        self._send()
+        with _store_failures():
+            self._cursor.execute(sql, tuple(params))
+        return self
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        sql = self._db.sql(statement)
+        self._held.extend(self._client.mogrify(sql, tuple(r)) for r in rows)
+
+    def insert(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+        """Multi-row statements, as on SQLite (`tail` must not meet the same key twice)."""
+        if not rows:
+            return
+        head, tail = self._db.sql(head), self._db.sql(tail)
+        one = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+        per = max(1, MAX_PARAMETERS // len(rows[0]))
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            statement = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
+            self._held.append(self._client.mogrify(statement, [v for row in chunk for v in row]))
+
+    def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.insert(f"INSERT INTO {table}", rows)
+
+    def _send(self, *, commit: bool = False) -> None:
+        script = self._held if self._open else ["BEGIN", *self._held]
+        if commit:
+            if not self._open and not self._held:
+                return  # nothing was written
+            script = [*script, "COMMIT"]
+        elif not self._held:
+            return
+        self._held = []
+        with _store_failures():
+            # No parameters: the simple query protocol, which takes many statements at once.
+            self._cursor.execute(";\n".join(script).encode())
+        self._open = not commit
+
+    def commit(self) -> None:
+        self._send(commit=True)
+
+
+def _reads(sql: str) -> bool:
+    return sql.lstrip()[:6].upper() == "SELECT"
+
+
 class Database:
     def __init__(self, app: ServiceApplication) -> None:
         datastore = app.recorder.datastore  # type: ignore[attr-defined]
@@ -121,6 +194,28 @@ class Database:
         """One transaction; on SQLite, writers are serialised by the store's pool."""
         with self._datastore.transaction(commit=commit) as cursor:
             yield Tx(self, cursor)
+
+    @contextmanager
+    def batch(self) -> Iterator[Tx]:
+        """A transaction that commits, for a consumer's batch: on PostgreSQL its writes go to
+        the server at the end, in one round trip with BEGIN and COMMIT (`ScriptTx`)."""
+        if not self.postgres:
+            with self.transaction() as tx:
+                yield tx
+            return
+        with self._datastore.get_connection() as conn:
+            tx = ScriptTx(self, conn)
+            try:
+                yield tx
+                tx.commit()
+            except BaseException:
+                if conn.info.transaction_status in (
+                    TransactionStatus.INTRANS,
+                    TransactionStatus.INERROR,
+                ):
+                    with contextlib.suppress(psycopg.Error):  # a broken connection is dropped
+                        conn.rollback()
+                raise
 
     def create(self, statements: Sequence[str]) -> None:
         with self.transaction() as tx:

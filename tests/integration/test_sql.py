@@ -1,12 +1,18 @@
 """The bulk writes of `shared.sql.Tx` on real stores: `insert` (multi-row statements on SQLite,
 pipelined statements on PostgreSQL) and `append` (PostgreSQL's COPY) keep every value as it
 was, whatever it holds, across more rows than one statement takes, and a failed transaction
-keeps none of them."""
+keeps none of them. A consumer's batch (`Database.batch`) does the same with its writes sent
+in one round trip on PostgreSQL, and its reads see its earlier writes."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import pytest
 from eventsourcing.persistence import PersistenceError
 
@@ -86,3 +92,108 @@ def test_a_failed_transaction_keeps_none_of_the_rows(db: Database, how: str) -> 
             tx.append("{t}bulk", rows)
         tx.execute("SELECT * FROM {t}no_such_table")
     assert _read(db) == []
+
+
+@pytest.mark.parametrize("how", ["insert", "append", "executemany", "execute"])
+def test_a_batch_keeps_every_value(db: Database, how: str) -> None:
+    rows = _rows(COUNT if how in ("insert", "append") else 60)
+    with db.batch() as tx:
+        if how == "insert":
+            tx.insert("INSERT INTO {t}bulk", rows)
+        elif how == "append":
+            tx.append("{t}bulk", rows)
+        elif how == "executemany":
+            tx.executemany("INSERT INTO {t}bulk VALUES (?, ?, ?, ?)", rows)
+        else:
+            for row in rows:
+                tx.execute("INSERT INTO {t}bulk VALUES (?, ?, ?, ?)", row)
+    assert _read(db) == rows
+
+
+def test_a_read_in_a_batch_sees_the_writes_before_it(db: Database) -> None:
+    rows = _rows(10)
+    with db.batch() as tx:
+        assert tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()["n"] == 0
+        tx.insert("INSERT INTO {t}bulk", rows[:5])
+        assert tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()["n"] == 5
+        tx.execute("UPDATE {t}bulk SET n = n + 1 WHERE id = ?", (rows[0][1],))
+        tx.insert("INSERT INTO {t}bulk", rows[5:])
+        found = tx.execute("SELECT n FROM {t}bulk WHERE id = ?", (rows[0][1],)).fetchone()
+        assert int(found["n"]) == rows[0][3] + 1
+        assert tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()["n"] == 10
+    assert len(_read(db)) == 10
+
+
+@pytest.mark.parametrize("read_first", [False, True])
+def test_a_failed_batch_keeps_none_of_its_writes(db: Database, read_first: bool) -> None:
+    rows = _rows(50)
+    with db.batch() as tx:
+        tx.insert("INSERT INTO {t}bulk", rows[:1])
+    # The second statement meets a key already stored: the first must not stay either.
+    with pytest.raises(PersistenceError), db.batch() as tx:
+        tx.insert("INSERT INTO {t}bulk", rows[1:])
+        if read_first:
+            tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()
+        tx.insert("INSERT INTO {t}bulk", rows[:1])
+    assert _read(db) == rows[:1]
+    # An error raised by the code in the batch, before anything was sent, keeps nothing too.
+    with pytest.raises(RuntimeError), db.batch() as tx:
+        tx.insert("INSERT INTO {t}bulk", rows[1:])
+        if read_first:
+            tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()
+        raise RuntimeError("the projector failed")
+    assert _read(db) == rows[:1]
+    # The connections are left clean: the next batch works.
+    with db.batch() as tx:
+        tx.insert("INSERT INTO {t}bulk", rows[1:])
+    assert _read(db) == rows
+
+
+@contextmanager
+def round_trips(db: Database) -> Iterator[list[int]]:
+    """Counts the server's ReadyForQuery messages (one per round trip that waits for the
+    server) on the pool's connections, from libpq's protocol trace."""
+    pool = db._datastore.pool  # type: ignore[attr-defined]
+    found: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        traced: list[tuple[psycopg.Connection[Any], Any]] = []
+        conns = []
+        while True:  # every idle connection of the pool, each traced to a file of its own
+            try:
+                conns.append(pool.getconn(timeout=0.1))
+            except Exception:
+                break
+        for i, conn in enumerate(conns):
+            f = open(os.path.join(tmp, f"{i}.trace"), "w")
+            conn.pgconn.trace(f.fileno())
+            traced.append((conn, f))
+            pool.putconn(conn)
+        try:
+            yield found
+        finally:
+            for conn, f in traced:
+                conn.pgconn.untrace()
+                f.close()
+            for _, f in traced:
+                with open(f.name) as trace:
+                    found.append(sum("ReadyForQuery" in line for line in trace))
+
+
+def test_a_batch_is_one_round_trip_on_postgres(db: Database) -> None:
+    if not db.postgres:
+        pytest.skip("round trips are PostgreSQL's")
+    rows = _rows(40)
+    with round_trips(db) as counted:
+        with db.batch() as tx:
+            tx.insert("INSERT INTO {t}bulk", rows[:20])
+            tx.append("{t}bulk", rows[20:])
+            tx.executemany("UPDATE {t}bulk SET n = n + 1 WHERE id = ?", [(r[1],) for r in rows])
+            tx.execute("UPDATE {t}bulk SET note = ? WHERE id = ?", ("last", rows[0][1]))
+    assert sum(counted) == 1
+    # A read before the writes is a round trip of its own.
+    with round_trips(db) as counted:
+        with db.batch() as tx:
+            tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()
+            tx.executemany("UPDATE {t}bulk SET n = n + 1 WHERE id = ?", [(r[1],) for r in rows])
+    assert sum(counted) == 2
+    assert [n for *_, n in _read(db)] == [r[3] + 2 for r in rows]

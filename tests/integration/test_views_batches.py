@@ -9,13 +9,16 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
 from services.projections.queries import okr_states
 from services.projections.views import Tables, Views
 from shared.consumer import Inbox, Outcome, Received, parse
-from shared.sql import Database
+from shared.sql import Database, Tx
 from shared.store import store_env
 from tests.integration.test_contract_consumers import envelope
+from tests.integration.test_sql import round_trips
 from tests.support import SECRET
 
 KR, OBJECTIVE, CYCLE = (str(uuid.uuid4()) for _ in range(3))
@@ -182,5 +185,95 @@ def test_a_clock_that_stepped_back_keeps_each_history_in_time_order(
             # Every check-in, the late-stamped ones too, after the first one's time.
             assert current("2027-01-04T10:00:05.000000Z") == 40.0
             assert current("2027-01-04T11:00:00.000000Z") == 40.0
+    finally:
+        app.close()
+
+
+def test_a_batch_of_known_aggregates_is_one_round_trip_on_postgres(
+    store: dict[str, Any],
+) -> None:
+    """The inbox keeps the versions it committed: a batch whose aggregates it knows reads
+    nothing before its writes, and those go with BEGIN and COMMIT in one round trip."""
+    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
+    app = ProjectionsApplication(env=store_env(settings))
+    kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        db = Database(app)
+        if not db.postgres:
+            pytest.skip("round trips are PostgreSQL's")
+        inbox = Inbox(db, "views", Views())
+        inbox.setup()
+        opened = _event(
+            "opened",
+            {"key_result_id": kr, "objective_id": OBJECTIVE, "cycle_id": CYCLE},
+            1,
+            1,
+            progress,
+        )
+        assert (
+            inbox.process([opened, _checked_in(kr, 1, 10.0, 2, progress)])[0]
+            == [Outcome.APPLIED] * 2
+        )
+        batch = [_checked_in(kr, n, float(n), n + 1, progress) for n in (2, 3, 4)]
+        with round_trips(db) as counted:
+            assert inbox.process(batch)[0] == [Outcome.APPLIED] * 3
+        assert sum(counted) == 1
+        # A redelivery is still known for what it is.
+        with round_trips(db) as counted:
+            assert inbox.process(batch[-1:])[0] == [Outcome.DUPLICATE]
+        assert sum(counted) == 0
+    finally:
+        app.close()
+
+
+class Counts:
+    """A projector that keeps nothing: the inbox's own records are what is looked at."""
+
+    def tables(self) -> list[str]:
+        return []
+
+    def load(self, tx: Tx) -> None:
+        pass
+
+    def apply(self, tx: Tx, event: Received) -> None:
+        pass
+
+    def flush(self, tx: Tx) -> None:
+        pass
+
+    def committed(self) -> None:
+        pass
+
+    def rolled_back(self) -> None:
+        pass
+
+
+def test_a_version_moved_by_another_writer_is_read_again(store: dict[str, Any]) -> None:
+    """Should another process ever apply the same consumer's events (not a supported
+    deployment), an event that looks early against the versions kept in memory makes the
+    inbox read that aggregate's version from the store again, instead of waiting forever."""
+    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
+    app = ProjectionsApplication(env=store_env(settings))
+    kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        db = Database(app)
+        inbox = Inbox(db, "counts", Counts())
+        inbox.setup()
+        opened = _event(
+            "opened",
+            {"key_result_id": kr, "objective_id": OBJECTIVE, "cycle_id": CYCLE},
+            1,
+            1,
+            progress,
+        )
+        assert inbox.process([opened])[0] == [Outcome.APPLIED]
+        # Another projector applies versions 2 and 3.
+        other = Inbox(db, "counts", Counts())
+        other.setup()
+        checks = [_checked_in(kr, n, float(n), n + 1, progress) for n in (1, 2, 3)]
+        assert other.process(checks[:2])[0] == [Outcome.APPLIED] * 2
+        assert inbox.process(checks[2:])[0] == [Outcome.EARLY]  # it still knows version 1
+        assert inbox.process(checks[2:])[0] == [Outcome.APPLIED]  # read again: version 3
+        assert inbox.process(checks[:1])[0] == [Outcome.DUPLICATE]
     finally:
         app.close()
