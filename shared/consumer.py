@@ -88,6 +88,12 @@ LAG_MEASURE_EVERY_S = 5.0
 KNOWN_VERSIONS = 50_000
 
 
+# Batches of up to this many events are sent as one script on PostgreSQL (`Database.batch`).
+# Above it, the client-side binding costs more than the round trips it saves: a rebuild's
+# batches of 1,000 events went from 5,200 to 3,300 events/s that way.
+ONE_TRIP_EVENTS = 64
+
+
 class InvalidMessage(Exception):
     """A message that is not a valid event envelope, or whose data cannot be applied."""
 
@@ -328,7 +334,10 @@ class Inbox:
             key=lambda i: (events[i].source, events[i].sequence),
         )
         try:
-            with self.db.batch() as tx:
+            # A small batch (a live one) in one round trip; a large one (a catch-up, a
+            # rebuild) with the drivers' bulk paths, faster for many rows (COPY on PostgreSQL).
+            small = len(order) <= ONE_TRIP_EVENTS
+            with self.db.batch() if small else self.db.transaction() as tx:
                 versions = self._versions(tx, [events[i] for i in order])
                 positions: dict[str, int] = {}
                 counts: dict[str, int] = {}
