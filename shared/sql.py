@@ -9,7 +9,6 @@ turns them into the dialect at hand (`%s` and the service's schema on PostgreSQL
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,9 +17,8 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresDatastore
-from psycopg.pq import TransactionStatus
 
-from shared.store import ServiceApplication, dialect
+from shared.store import ServiceApplication, dialect, roll_back_if_open
 
 # Values per statement of `Tx.insert`: well within both drivers' limits (SQLite 32,766,
 # PostgreSQL 65,535), and large enough that a batch takes a few statements.
@@ -209,12 +207,7 @@ class Database:
                 yield tx
                 tx.commit()
             except BaseException:
-                if conn.info.transaction_status in (
-                    TransactionStatus.INTRANS,
-                    TransactionStatus.INERROR,
-                ):
-                    with contextlib.suppress(psycopg.Error):  # a broken connection is dropped
-                        conn.rollback()
+                roll_back_if_open(conn)
                 raise
 
     def create(self, statements: Sequence[str]) -> None:

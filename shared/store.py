@@ -333,6 +333,14 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             c.execute("SELECT 1")
 
 
+def roll_back_if_open(conn: psycopg.Connection[Any]) -> None:
+    """After a failure in a transaction begun by hand (a script, a pipeline): roll it back, so
+    the connection goes back to the pool idle. A broken connection is dropped by the pool."""
+    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+
 class PostgresStoreRecorder(PostgresProcessRecorder):
     def _notify_channel(self, curs: Any) -> None:
         """No NOTIFY with each insert of events: it is for the library's LISTEN-based
@@ -415,12 +423,7 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                     self._write_beside_events(curs, **kwargs)
                     curs.execute("COMMIT")
             except BaseException:
-                if conn.info.transaction_status in (
-                    TransactionStatus.INTRANS,
-                    TransactionStatus.INERROR,
-                ):
-                    with contextlib.suppress(psycopg.Error):  # a broken connection is dropped
-                        conn.rollback()
+                roll_back_if_open(conn)
                 raise
             return ids if ids is not None else self._returned_ids(inserted, stored_events)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,6 +61,24 @@ def _checked_in(
         "blockers": [],
     }
     return _event("checked_in", data, sequence, version or number + 1, aggregate, time)
+
+
+def _opened(
+    key_result_id: str, aggregate: str, time: str = "2027-01-04T09:00:00+00:00"
+) -> Received:
+    data = {"key_result_id": key_result_id, "objective_id": OBJECTIVE, "cycle_id": CYCLE}
+    return _event("opened", data, 1, 1, aggregate, time)
+
+
+@pytest.fixture
+def app(store: dict[str, Any]) -> Iterator[ProjectionsApplication]:
+    application = ProjectionsApplication(
+        env=store_env(ProjectionsSettings(jwt_secret=SECRET, **store))
+    )
+    try:
+        yield application
+    finally:
+        application.close()
 
 
 def _views(app: ProjectionsApplication) -> dict[str, Any]:
@@ -129,101 +148,77 @@ def test_an_event_set_aside_mid_batch_leaves_no_trace_of_the_attempt(
 
 
 def test_a_clock_that_stepped_back_keeps_each_history_in_time_order(
-    store: dict[str, Any],
+    app: ProjectionsApplication,
 ) -> None:
     """A state is valid from its event's time but never before the state it replaces, whether
     that one is staged in the batch, kept in memory or read from the store: `as_of` seeks an
     entity's history by time, so it must be in time order."""
-    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
-    app = ProjectionsApplication(env=store_env(settings))
     kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
     at = "2027-01-04T10:00:{:02d}+00:00".format
-    try:
-        db = Database(app)
-        inbox = Inbox(db, "views", Views())
-        inbox.setup()
-        opened = _event(
-            "opened",
-            {"key_result_id": kr, "objective_id": OBJECTIVE, "cycle_id": CYCLE},
-            1,
-            1,
-            progress,
-            at(0),
-        )
-        # The second check-in's clock is behind the first's (staged in the same batch).
-        batch = [opened, _checked_in(kr, 1, 10.0, 2, progress, time=at(5))]
-        batch.append(_checked_in(kr, 2, 20.0, 3, progress, time=at(3)))
-        assert inbox.process(batch)[0] == [Outcome.APPLIED] * 3
-        # Behind again, in the next batch: the state before it is the one kept in memory.
-        assert inbox.process([_checked_in(kr, 3, 30.0, 4, progress, time=at(2))])[0] == [
-            Outcome.APPLIED
+    db = Database(app)
+    inbox = Inbox(db, "views", Views())
+    inbox.setup()
+    opened = _opened(kr, progress, at(0))
+    # The second check-in's clock is behind the first's (staged in the same batch).
+    batch = [opened, _checked_in(kr, 1, 10.0, 2, progress, time=at(5))]
+    batch.append(_checked_in(kr, 2, 20.0, 3, progress, time=at(3)))
+    assert inbox.process(batch)[0] == [Outcome.APPLIED] * 3
+    # Behind again, in the next batch: the state before it is the one kept in memory.
+    assert inbox.process([_checked_in(kr, 3, 30.0, 4, progress, time=at(2))])[0] == [
+        Outcome.APPLIED
+    ]
+    # And once more after a restart: the state before it is read from the store.
+    again = Inbox(db, "views", Views())
+    again.setup()
+    assert again.process([_checked_in(kr, 4, 40.0, 5, progress, time=at(1))])[0] == [
+        Outcome.APPLIED
+    ]
+    with db.transaction(commit=False) as tx:
+        rows = tx.execute(
+            "SELECT valid_from FROM {t}view_history WHERE kind = 'progress' AND id = ?"
+            " ORDER BY pos",
+            (kr,),
+        ).fetchall()
+        since = [r["valid_from"] for r in rows]
+        assert since == [
+            "2027-01-04T10:00:00.000000Z",
+            *["2027-01-04T10:00:05.000000Z"] * 4,
         ]
-        # And once more after a restart: the state before it is read from the store.
-        again = Inbox(db, "views", Views())
-        again.setup()
-        assert again.process([_checked_in(kr, 4, 40.0, 5, progress, time=at(1))])[0] == [
-            Outcome.APPLIED
-        ]
-        with db.transaction(commit=False) as tx:
-            rows = tx.execute(
-                "SELECT valid_from FROM {t}view_history WHERE kind = 'progress' AND id = ?"
-                " ORDER BY pos",
-                (kr,),
-            ).fetchall()
-            since = [r["valid_from"] for r in rows]
-            assert since == [
-                "2027-01-04T10:00:00.000000Z",
-                *["2027-01-04T10:00:05.000000Z"] * 4,
-            ]
 
-            def current(as_of: str) -> Any:
-                states = okr_states(tx, Tables(1), CYCLE, as_of)
-                return states[("progress", kr)]["current"] if ("progress", kr) in states else "-"
+        def current(as_of: str) -> Any:
+            states = okr_states(tx, Tables(1), CYCLE, as_of)
+            return states[("progress", kr)]["current"] if ("progress", kr) in states else "-"
 
-            assert current("2027-01-04T09:59:59.000000Z") == "-"  # not opened yet
-            assert current("2027-01-04T10:00:04.000000Z") is None  # opened, no check-in
-            # Every check-in, the late-stamped ones too, after the first one's time.
-            assert current("2027-01-04T10:00:05.000000Z") == 40.0
-            assert current("2027-01-04T11:00:00.000000Z") == 40.0
-    finally:
-        app.close()
+        assert current("2027-01-04T09:59:59.000000Z") == "-"  # not opened yet
+        assert current("2027-01-04T10:00:04.000000Z") is None  # opened, no check-in
+        # Every check-in, the late-stamped ones too, after the first one's time.
+        assert current("2027-01-04T10:00:05.000000Z") == 40.0
+        assert current("2027-01-04T11:00:00.000000Z") == 40.0
 
 
 def test_a_batch_of_known_aggregates_is_one_round_trip_on_postgres(
-    store: dict[str, Any],
+    app: ProjectionsApplication,
 ) -> None:
     """The inbox keeps the versions it committed: a batch whose aggregates it knows reads
     nothing before its writes, and those go with BEGIN and COMMIT in one round trip."""
-    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
-    app = ProjectionsApplication(env=store_env(settings))
     kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
-    try:
-        db = Database(app)
-        if not db.postgres:
-            pytest.skip("round trips are PostgreSQL's")
-        inbox = Inbox(db, "views", Views())
-        inbox.setup()
-        opened = _event(
-            "opened",
-            {"key_result_id": kr, "objective_id": OBJECTIVE, "cycle_id": CYCLE},
-            1,
-            1,
-            progress,
-        )
-        assert (
-            inbox.process([opened, _checked_in(kr, 1, 10.0, 2, progress)])[0]
-            == [Outcome.APPLIED] * 2
-        )
-        batch = [_checked_in(kr, n, float(n), n + 1, progress) for n in (2, 3, 4)]
-        with round_trips(db) as counted:
-            assert inbox.process(batch)[0] == [Outcome.APPLIED] * 3
-        assert sum(counted) == 1
-        # A redelivery is still known for what it is.
-        with round_trips(db) as counted:
-            assert inbox.process(batch[-1:])[0] == [Outcome.DUPLICATE]
-        assert sum(counted) == 0
-    finally:
-        app.close()
+    db = Database(app)
+    if not db.postgres:
+        pytest.skip("round trips are PostgreSQL's")
+    inbox = Inbox(db, "views", Views())
+    inbox.setup()
+    opened = _opened(kr, progress)
+    assert (
+        inbox.process([opened, _checked_in(kr, 1, 10.0, 2, progress)])[0] == [Outcome.APPLIED] * 2
+    )
+    batch = [_checked_in(kr, n, float(n), n + 1, progress) for n in (2, 3, 4)]
+    with round_trips(db) as counted:
+        assert inbox.process(batch)[0] == [Outcome.APPLIED] * 3
+    assert sum(counted) == 1
+    # A redelivery is still known for what it is.
+    with round_trips(db) as counted:
+        assert inbox.process(batch[-1:])[0] == [Outcome.DUPLICATE]
+    assert sum(counted) == 0
 
 
 class Counts:
@@ -248,32 +243,21 @@ class Counts:
         pass
 
 
-def test_a_version_moved_by_another_writer_is_read_again(store: dict[str, Any]) -> None:
+def test_a_version_moved_by_another_writer_is_read_again(app: ProjectionsApplication) -> None:
     """Should another process ever apply the same consumer's events (not a supported
     deployment), an event that looks early against the versions kept in memory makes the
     inbox read that aggregate's version from the store again, instead of waiting forever."""
-    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
-    app = ProjectionsApplication(env=store_env(settings))
     kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
-    try:
-        db = Database(app)
-        inbox = Inbox(db, "counts", Counts())
-        inbox.setup()
-        opened = _event(
-            "opened",
-            {"key_result_id": kr, "objective_id": OBJECTIVE, "cycle_id": CYCLE},
-            1,
-            1,
-            progress,
-        )
-        assert inbox.process([opened])[0] == [Outcome.APPLIED]
-        # Another projector applies versions 2 and 3.
-        other = Inbox(db, "counts", Counts())
-        other.setup()
-        checks = [_checked_in(kr, n, float(n), n + 1, progress) for n in (1, 2, 3)]
-        assert other.process(checks[:2])[0] == [Outcome.APPLIED] * 2
-        assert inbox.process(checks[2:])[0] == [Outcome.EARLY]  # it still knows version 1
-        assert inbox.process(checks[2:])[0] == [Outcome.APPLIED]  # read again: version 3
-        assert inbox.process(checks[:1])[0] == [Outcome.DUPLICATE]
-    finally:
-        app.close()
+    db = Database(app)
+    inbox = Inbox(db, "counts", Counts())
+    inbox.setup()
+    opened = _opened(kr, progress)
+    assert inbox.process([opened])[0] == [Outcome.APPLIED]
+    # Another projector applies versions 2 and 3.
+    other = Inbox(db, "counts", Counts())
+    other.setup()
+    checks = [_checked_in(kr, n, float(n), n + 1, progress) for n in (1, 2, 3)]
+    assert other.process(checks[:2])[0] == [Outcome.APPLIED] * 2
+    assert inbox.process(checks[2:])[0] == [Outcome.EARLY]  # it still knows version 1
+    assert inbox.process(checks[2:])[0] == [Outcome.APPLIED]  # read again: version 3
+    assert inbox.process(checks[:1])[0] == [Outcome.DUPLICATE]
