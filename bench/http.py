@@ -257,17 +257,33 @@ class Http1:
     otherwise be counted as the system's latency. Answers must carry a Content-Length, as every
     JSON answer of the services and of the bare app does."""
 
+    # uvicorn closes a keep-alive connection idle for 5 s: one idle for longer than this is
+    # opened again before a request, rather than be found closed by it.
+    IDLE_S = 4.0
+
     def __init__(self, url: str, token: str) -> None:
         host, _, port = url.removeprefix("http://").partition(":")
         self.host, self.port = host, int(port)
         self.headers = f"Host: {host}\r\nAuthorization: Bearer {token}\r\n".encode()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._used = 0.0
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self._writer is not None and time.monotonic() - self._used > self.IDLE_S:
+            await self.close()
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        assert self._reader is not None
+        try:
+            return await self._exchange(method, path, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.close()  # the server closed it: the next request opens another
+            raise
+        finally:
+            self._used = time.monotonic()
+
+    async def _exchange(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self._reader is not None and self._writer is not None
         extra = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
         self._writer.write(
             f"{method} {path} HTTP/1.1\r\n".encode()
@@ -290,6 +306,7 @@ class Http1:
             self._writer.close()
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
+        self._reader = self._writer = None
 
 
 async def _probe(
