@@ -2,10 +2,12 @@
 
 It tails the notification log, publishes each stored event to JetStream as a CloudEvents
 envelope (after commit, in log order, pipelined in batches), and records in the same store how
-far it got (after each full batch, and at most once a second under a trickle). After a crash
-it starts again from the recorded position: anything published but not yet recorded goes out
-again with the same `Nats-Msg-Id`, which JetStream drops within its duplicate window and
-subscribers drop by (source, sequence) after it.
+far it got (after each full batch, and at most once a second under a trickle). Each save also
+hands it the events it committed (`offer`): when they are the next ones of the log, it
+publishes them without reading them back from the store. After a crash it starts again from
+the recorded position: anything published but not yet recorded goes out again with the same
+`Nats-Msg-Id`, which JetStream drops within its duplicate window and subscribers drop by
+(source, sequence) after it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +38,9 @@ from shared.telemetry import (
 )
 
 log = logging.getLogger(__name__)
+
+# Notifications kept from saves' offers at most; past that the relay reads the store.
+OFFERED_MAX = 10_000
 
 
 @dataclass
@@ -81,6 +87,11 @@ class Relay:
         self._stopping = False
         self._worker = BlockingWorker(f"{service}-relay")
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Notifications handed over by saves as they committed, in the order they arrived,
+        # and whether the store must be read all the same (at the start, after a gap in the
+        # offers, on a wake-up or when the poll interval passed: a save that was not offered).
+        self._offered: deque[Notification] = deque()
+        self._must_read = True
 
     # --- control ------------------------------------------------------------------------
 
@@ -99,9 +110,43 @@ class Relay:
         await self._worker.close()
 
     def wake(self) -> None:
-        """Thread-safe: new events were committed."""
+        """Thread-safe: new events were committed; read the store for them."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+            self._loop.call_soon_threadsafe(self._read_soon)
+
+    def _read_soon(self) -> None:
+        self._must_read = True
+        self._wakeup.set()
+
+    def offer(self, notifications: Sequence[Notification]) -> None:
+        """Thread-safe: a save committed these notifications (ascending ids)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._take, notifications)
+
+    def _take(self, notifications: Sequence[Notification]) -> None:
+        if len(self._offered) + len(notifications) > OFFERED_MAX:
+            self._offered.clear()  # far behind: reading the store is the faster way then
+            self._must_read = True
+        else:
+            self._offered.extend(notifications)
+        self._wakeup.set()
+
+    def _next_offered(self, after: int) -> list[Notification]:
+        """The offered notifications right after `after`, if they are the next ones of the
+        log: the ids go on one by one from `after + 1`, so none can be missing. Otherwise
+        none (the store is read), and what is offered out of order is dropped."""
+        offered = self._offered
+        while offered and offered[0].id <= after:
+            offered.popleft()
+        taken: list[Notification] = []
+        expected = after + 1
+        while offered and len(taken) < self.batch_size and offered[0].id == expected:
+            taken.append(offered.popleft())
+            expected += 1
+        if not taken and offered:
+            offered.clear()  # a gap (another save's offer is still on its way): read the store
+            self._must_read = True
+        return taken
 
     def stuck_for(self) -> float:
         """Seconds the relay has had a backlog without making progress (0 when caught up)."""
@@ -151,14 +196,19 @@ class Relay:
         # the previous one, so neither the store nor NATS waits on the other.
         read_to = self.position
         in_flight: _Page | None = None
+        self._must_read = True
         while not self._stopping:
             self._wakeup.clear()
-            notifications = await self._worker.run(
-                recorder.select_notifications,
-                read_to,
-                self.batch_size,
-                inclusive_of_start=False,
-            )
+            notifications: Sequence[Notification] = self._next_offered(read_to)
+            if not notifications and self._must_read:
+                notifications = await self._worker.run(
+                    recorder.select_notifications,
+                    read_to,
+                    self.batch_size,
+                    inclusive_of_start=False,
+                )
+                # A short page is all the store had: what comes next will be offered.
+                self._must_read = len(notifications) >= self.batch_size
             page: _Page | None = None
             if notifications:
                 if self.caught_up and in_flight is None:
@@ -189,8 +239,10 @@ class Relay:
                     await self._record()
                     continue
                 wait = min(wait, due)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), wait)
+            except TimeoutError:
+                self._must_read = True  # a poll: anything saved and not offered is read now
 
     async def _publish(self, js: JetStreamContext, notifications: Sequence[Notification]) -> _Page:
         """Publish a page without waiting for the acknowledgements."""

@@ -129,7 +129,8 @@ def create_service(
             poll_interval=settings.relay_poll_interval_s,
             publish_timeout=settings.relay_publish_timeout_s,
         )
-        writer.on_saved(relay.wake)
+        # Every save hands its committed events to the relay (the writer's and the policies').
+        es_app.on_recorded.append(relay.offer)
         runtime = Runtime(settings, es_app, writer, link, relay)
         if on_runtime is not None:
             on_runtime(runtime)

@@ -20,7 +20,7 @@ import select
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -36,6 +36,7 @@ from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     JSONTranscoder,
+    Notification,
     OperationalError,
     PersistenceError,
     ProgrammingError,
@@ -709,6 +710,19 @@ class ServiceApplication(Application):
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-snapshots")
         self._snapshots_waiting = 0
         self._snapshots_lock = threading.Lock()
+        # Called with the notifications of every save, once it committed (the relay's `offer`).
+        self.on_recorded: list[Callable[[Sequence[Notification]], None]] = []
+
+    def _notify(self, recordings: list[Any]) -> None:
+        """The library's hook after every save that recorded events (the writer's, the
+        policies'): hands what was just committed to whoever follows the log."""
+        if recordings and self.on_recorded:
+            notifications = [r.notification for r in recordings]
+            for follow in self.on_recorded:
+                try:
+                    follow(notifications)
+                except Exception:  # the events are committed: the relay reads them anyway
+                    log.exception("following a save failed")
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """`Application.save`, less the two isinstance checks per aggregate against runtime

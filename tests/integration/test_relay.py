@@ -14,6 +14,7 @@ from datetime import date
 from services.goals.application import GoalsApplication
 from services.goals.domain import Cycle
 from services.goals.main import GoalsSettings
+from shared import contract
 from shared.domain import CommandContext, command_context
 from shared.nats import NatsLink
 from shared.relay import Relay
@@ -225,3 +226,77 @@ async def test_relay_waits_for_a_missing_stream(goals_settings, nats_server):
         await link.close()
         await nc.close()
     assert_exactly_once_in_order(await read_stream(nats_server.url, 10), app, 10)
+
+
+def _schedule(app: GoalsApplication, names: list[str]) -> None:
+    with command_context(CTX):
+        app.save(*[Cycle.schedule(n, date(2027, 1, 1), date(2027, 3, 31)) for n in names])
+
+
+async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
+    goals_settings, nats_server
+):
+    """Each save hands its committed events to the relay, which publishes them without
+    reading them back: the store is read once at the start, and what goes out is byte for
+    byte what the store's copy of each event makes."""
+    app = GoalsApplication(store_env(goals_settings))
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    # A poll interval longer than the test: only the offers can bring these events out.
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=60)
+    app.on_recorded.append(relay.offer)
+    reads = {"n": 0}
+    select = app.recorder.select_notifications
+
+    def counted(*args, **kwargs):
+        reads["n"] += 1
+        return select(*args, **kwargs)
+
+    app.recorder.select_notifications = counted
+    await relay.start()
+    try:
+        await wait_for(lambda: _async(reads["n"] == 1))  # the start: nothing stored yet
+        for i in range(20):  # saves of 1 to 5 events, from a thread as the writer saves
+            await asyncio.to_thread(_schedule, app, [f"C{i}.{j}" for j in range(i % 5 + 1)])
+        total = app.recorder.max_notification_id()
+        await wait_for(lambda: _async(relay.position == total))
+    finally:
+        await relay.stop()
+        await link.close()
+    assert total == 60
+    assert reads["n"] == 1
+    messages = await read_stream(nats_server.url, total)
+    assert_exactly_once_in_order(messages, app, total)
+    stored = select(None, total + 10)
+    assert [m.data for m in messages] == [
+        contract.encode(contract.envelope("goals", n.id, app.mapper.to_domain_event(n)))
+        for n in stored
+    ]
+
+
+async def test_saves_not_handed_over_are_read_from_the_store(goals_settings, nats_server):
+    """Events the relay was not told of (another writer on the store, a lost hand-over) are
+    read from the store: at the next poll, or at once when an offer shows a gap before it."""
+    app = GoalsApplication(store_env(goals_settings))
+    other = GoalsApplication(store_env(goals_settings))  # not followed by the relay
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    # Recording its position rarely, so that only a poll or an offer wakes it.
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.3, record_every=60)
+    app.on_recorded.append(relay.offer)
+    await relay.start()
+    try:
+        await asyncio.to_thread(_schedule, app, ["A1", "A2"])
+        await asyncio.to_thread(_schedule, other, ["B1"])  # only the poll finds it
+        await wait_for(lambda: _async(relay.position == 3), timeout=5)
+        relay.poll_interval = 60  # from here on, only the offer can make it read
+        await asyncio.to_thread(_schedule, other, ["B2", "B3"])
+        await asyncio.to_thread(_schedule, app, ["A3"])  # an offer after a gap: read at once
+        await wait_for(lambda: _async(relay.position == 6), timeout=5)
+    finally:
+        await relay.stop()
+        await link.close()
+        other.close()
+    messages = await read_stream(nats_server.url, 6)
+    assert_exactly_once_in_order(messages, app, 6)
+    assert [b["data"]["name"] for b in bodies(messages)] == ["A1", "A2", "B1", "B2", "B3", "A3"]
