@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
 from eventsourcing.postgres import PostgresDatastore
 
 from shared.store import ServiceApplication, dialect, roll_back_if_open
@@ -120,20 +120,37 @@ class ScriptTx(Tx):
         self._client = psycopg.ClientCursor(conn)
         self._held: list[str] = []
         self._open = False  # BEGIN was sent
+        self._fetchable = False  # the last statement was a read, sent
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Tx:
         sql = self._db.sql(statement)
         if not _reads(sql):
             self._held.append(self._client.mogrify(sql, tuple(params)))
+            self._fetchable = False
             return self
         self._send()
         with _store_failures():
             self._cursor.execute(sql, tuple(params))
+        self._fetchable = True
         return self
+
+    def fetchone(self) -> Any:
+        self._check_fetchable()
+        return super().fetchone()
+
+    def fetchall(self) -> list[Any]:
+        self._check_fetchable()
+        return super().fetchall()
+
+    def _check_fetchable(self) -> None:
+        if not self._fetchable:
+            # A held statement has no rows yet; reading the cursor would give an older one's.
+            raise ProgrammingError("only a SELECT has rows to fetch in a batch")
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         sql = self._db.sql(statement)
         self._held.extend(self._client.mogrify(sql, tuple(r)) for r in rows)
+        self._fetchable = False
 
     def insert(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
         """Multi-row statements, as on SQLite (`tail` must not meet the same key twice)."""
@@ -146,6 +163,7 @@ class ScriptTx(Tx):
             chunk = rows[start : start + per]
             statement = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
             self._held.append(self._client.mogrify(statement, [v for row in chunk for v in row]))
+        self._fetchable = False
 
     def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         self.insert(f"INSERT INTO {table}", rows)

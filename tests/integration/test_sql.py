@@ -149,6 +149,19 @@ def test_a_failed_batch_keeps_none_of_its_writes(db: Database, read_first: bool)
     assert _read(db) == rows
 
 
+def test_a_write_in_a_batch_has_no_rows_to_fetch(db: Database) -> None:
+    """On PostgreSQL a batch holds its writes until the end, so asking one for rows is an error
+    (the cursor would otherwise still hold an earlier read's rows); SQLite runs it at once."""
+    with db.batch() as tx:
+        assert tx.execute("SELECT COUNT(*) AS n FROM {t}bulk").fetchone()["n"] == 0
+        tx.execute("INSERT INTO {t}bulk VALUES (?, ?, ?, ?) RETURNING id", ("k", "a", None, 1))
+        if db.postgres:
+            with pytest.raises(PersistenceError, match="only a SELECT"):
+                tx.fetchone()
+        else:
+            assert tx.fetchone()["id"] == "a"
+
+
 @contextmanager
 def round_trips(db: Database) -> Iterator[list[int]]:
     """Counts the server's ReadyForQuery messages (one per round trip that waits for the
