@@ -738,38 +738,58 @@ class ServiceApplication(Application):
         return recordings
 
     def _take_snapshots(self, processing_event: Any) -> None:
-        # A snapshot only speeds up loading, and taking one reloads the aggregate from the
-        # store: done on a thread of its own, so that the save that crossed an interval (the
-        # writer's whole batch) does not wait for it. The events are committed by now, so a
-        # failure here must not turn into a failed command (whose client might repeat it).
+        # A snapshot only speeds up loading. When the aggregate was saved at the version due,
+        # it is the state to keep: the snapshot is made from it here and turned into bytes at
+        # once (before the writer changes the aggregate again), and only written on a thread
+        # of its own, so that the save that crossed an interval (the writer's whole batch)
+        # does not wait for the write. Otherwise (a later event of the same save moved it on)
+        # that thread reloads the version due from the store, as the library does. The events
+        # are committed by now, so a failure here must not turn into a failed command (whose
+        # client might repeat it).
         intervals = self.snapshotting_intervals
         if not (self.snapshots and intervals):
             return
-        due = []
+        made: list[StoredEvent] = []
+        due: list[tuple[UUID, int]] = []
         for event in processing_event.events:
             aggregate = processing_event.aggregates.get(event.originator_id)
             interval = intervals.get(type(aggregate)) if aggregate is not None else None
-            if interval and event.originator_version % interval == 0:
+            if not interval or event.originator_version % interval:
+                continue
+            if aggregate.version == event.originator_version:
+                made.append(self._snapshot_of(aggregate))
+            else:
                 due.append((event.originator_id, event.originator_version))
-        if not due:
+        if not (made or due):
             return
         with self._snapshots_lock:
             if self._snapshots_waiting >= MAX_SNAPSHOTS_WAITING:
                 return  # falling behind: the next interval takes one
             self._snapshots_waiting += 1
         try:
-            self._snapshotter.submit(self._snapshot, due)
+            self._snapshotter.submit(self._snapshot, made, due)
         except RuntimeError:  # closing
             with self._snapshots_lock:
                 self._snapshots_waiting -= 1
 
-    def _snapshot(self, due: list[tuple[UUID, int]]) -> None:
+    def _snapshot_of(self, aggregate: Aggregate) -> StoredEvent:
+        """The aggregate's snapshot, as the store keeps it (`take_snapshot`, from memory)."""
+        cls = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
+        assert self.snapshots is not None and cls is not None
+        return self.snapshots.mapper.to_stored_event(cls.take(aggregate))
+
+    def _snapshot(self, made: list[StoredEvent], due: list[tuple[UUID, int]]) -> None:
+        writes: list[Callable[[], Any]] = [
+            partial(self.snapshots.recorder.insert_events, [stored])  # type: ignore[union-attr]
+            for stored in made
+        ]
+        writes += [partial(self.take_snapshot, i, version=v) for i, v in due]
         try:
-            for aggregate_id, version in due:
+            for write in writes:  # each in a transaction of its own
                 if self.closing.is_set():
                     return
                 try:
-                    self.take_snapshot(aggregate_id, version=version)
+                    write()
                 except IntegrityError:
                     pass  # already taken
                 except Exception:
