@@ -20,6 +20,7 @@ from services.projections.main import ProjectionsApplication, ProjectionsSetting
 from shared.sql import MAX_PARAMETERS, Database
 from shared.store import store_env
 from tests.support import SECRET
+from tests.system import STORES
 
 TABLE = (
     "CREATE TABLE IF NOT EXISTS {t}bulk (kind TEXT NOT NULL, id TEXT NOT NULL, note TEXT,"
@@ -192,9 +193,8 @@ def round_trips(db: Database) -> Iterator[list[int]]:
                     found.append(sum("ReadyForQuery" in line for line in trace))
 
 
-def test_a_batch_is_one_round_trip_on_postgres(db: Database) -> None:
-    if not db.postgres:
-        pytest.skip("round trips are PostgreSQL's")
+@pytest.mark.parametrize("store", STORES[1:], indirect=True)  # round trips: PostgreSQL
+def test_a_batch_is_one_round_trip(db: Database) -> None:
     rows = _rows(40)
     with round_trips(db) as counted:
         with db.batch() as tx:

@@ -21,6 +21,7 @@ from shared.store import store_env
 from tests.integration.test_contract_consumers import envelope
 from tests.integration.test_sql import round_trips
 from tests.support import SECRET
+from tests.system import STORES
 
 KR, OBJECTIVE, CYCLE = (str(uuid.uuid4()) for _ in range(3))
 PROGRESS = str(uuid.uuid4())
@@ -196,15 +197,14 @@ def test_a_clock_that_stepped_back_keeps_each_history_in_time_order(
         assert current("2027-01-04T11:00:00.000000Z") == 40.0
 
 
-def test_a_batch_of_known_aggregates_is_one_round_trip_on_postgres(
+@pytest.mark.parametrize("store", STORES[1:], indirect=True)  # round trips: PostgreSQL
+def test_a_batch_of_known_aggregates_is_one_round_trip(
     app: ProjectionsApplication,
 ) -> None:
     """The inbox keeps the versions it committed: a batch whose aggregates it knows reads
     nothing before its writes, and those go with BEGIN and COMMIT in one round trip."""
     kr, progress = str(uuid.uuid4()), str(uuid.uuid4())
     db = Database(app)
-    if not db.postgres:
-        pytest.skip("round trips are PostgreSQL's")
     inbox = Inbox(db, "views", Views())
     inbox.setup()
     opened = _opened(kr, progress)
