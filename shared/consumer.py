@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -450,13 +450,11 @@ class ProcessInbox:
         app: ServiceApplication,
         consumer: str,
         policy: Policy,
-        on_saved: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.db = Database(app)
         self.consumer = consumer
         self.policy = policy
-        self.on_saved = on_saved
         self.positions: dict[str, int] = {}
 
     def setup(self) -> None:
@@ -536,8 +534,6 @@ class ProcessInbox:
                     event.type,
                     len(aggregates),
                 )
-            if aggregates and self.on_saved is not None:
-                self.on_saved()
             self.positions[event.source] = max(self.positions.get(event.source, 0), event.sequence)
             return Outcome.APPLIED, None
         raise PersistenceError(f"{event.type} {event.id} kept conflicting; will retry")

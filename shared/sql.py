@@ -42,6 +42,24 @@ def _store_failures() -> Iterator[None]:
         raise InterfaceError(str(e)) from e
 
 
+def _multi_row(
+    head: str, rows: Sequence[Sequence[Any]], tail: str, placeholder: str
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """`head VALUES (…), (…) tail` statements of up to `MAX_PARAMETERS` values for rows of the
+    same width, with their values in order."""
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ", ".join([placeholder] * width) + ")"
+    per = max(1, MAX_PARAMETERS // width)
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        yield (
+            f"{head} VALUES {', '.join([one] * len(chunk))}{tail}",
+            tuple(v for row in chunk for v in row),
+        )
+
+
 class Tx:
     """A cursor inside one transaction."""
 
@@ -70,14 +88,9 @@ class Tx:
         if self._db.postgres:
             self.executemany(f"{head} VALUES ({', '.join('?' * width)}){tail}", rows)
             return
-        head, tail = self._db.sql(head), self._db.sql(tail)
-        one = "(" + ", ".join("?" * width) + ")"
-        per = max(1, MAX_PARAMETERS // width)
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            statement = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
+        for statement, values in _multi_row(self._db.sql(head), rows, self._db.sql(tail), "?"):
             with _store_failures():
-                self._cursor.execute(statement, tuple(v for row in chunk for v in row))
+                self._cursor.execute(statement, values)
 
     def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         """Add rows to `table` (every column, in order): PostgreSQL's COPY, the fastest way in
@@ -154,15 +167,8 @@ class ScriptTx(Tx):
 
     def insert(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
         """Multi-row statements, as on SQLite (`tail` must not meet the same key twice)."""
-        if not rows:
-            return
-        head, tail = self._db.sql(head), self._db.sql(tail)
-        one = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
-        per = max(1, MAX_PARAMETERS // len(rows[0]))
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            statement = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
-            self._held.append(self._client.mogrify(statement, [v for row in chunk for v in row]))
+        for statement, values in _multi_row(self._db.sql(head), rows, self._db.sql(tail), "%s"):
+            self._held.append(self._client.mogrify(statement, values))
         self._fetchable = False
 
     def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -278,11 +278,6 @@ class CommandWriter:
         self.cache = AggregateCache(cache_size)
         self._queue: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._on_saved: list[Callable[[], None]] = []
-
-    def on_saved(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (from the writer thread) after each commit."""
-        self._on_saved.append(callback)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -444,8 +439,6 @@ class CommandWriter:
             return {id(d.cmd): e for d in done}
         for agg in batch.values():
             self.cache.put(agg)
-        if recordings:
-            self._notify_saved()
         ids = _positions(recordings)
         return {id(d.cmd): self._result(d.cmd, d.events, d.answer, ids) for d in done}
 
@@ -484,8 +477,6 @@ class CommandWriter:
                 return e
             for agg in batch.values():
                 self.cache.put(agg)
-            if recordings:
-                self._notify_saved()
             return self._result(cmd, events, answer, _positions(recordings))
         return Conflict("The resource kept changing while this command ran; retry it")
 
@@ -552,13 +543,6 @@ class CommandWriter:
     def _evict(self, batch: dict[UUID, Aggregate]) -> None:
         for agg_id in batch:
             self.cache.evict(agg_id)
-
-    def _notify_saved(self) -> None:
-        for callback in self._on_saved:
-            try:
-                callback()
-            except Exception:
-                log.exception("on_saved callback failed")
 
 
 def _positions(recordings: list[Any]) -> dict[tuple[UUID, int], int]:

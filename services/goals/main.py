@@ -33,7 +33,7 @@ def _wire(runtime: Runtime) -> None:
     settings = runtime.settings
     app = runtime.app
     assert isinstance(app, GoalsApplication)
-    inbox = ProcessInbox(app, CARRY_OVER_CONSUMER, CarryOver(app), on_saved=runtime.relay.wake)
+    inbox = ProcessInbox(app, CARRY_OVER_CONSUMER, CarryOver(app))
     runtime.consumers.append(
         Consumer.for_service(
             settings, CARRY_OVER_CONSUMER, runtime.link, inbox, CARRY_OVER_SUBJECTS
