@@ -100,11 +100,11 @@ SUBSCRIPTIONS: dict[str, tuple[str, list[str]]] = {
 def public_data(event: Any) -> dict[str, Any]:
     """The event's own fields: everything but identity, time and the command context."""
     cls: Any = type(event)  # classes are hashable; typing's `type` is not `Hashable`
-    return {name: getattr(event, name) for name in _public_fields(cls)}
+    return {name: getattr(event, name) for name in public_fields(cls)}
 
 
 @cache
-def _public_fields(event_class: type) -> tuple[str, ...]:
+def public_fields(event_class: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(event_class) if f.name not in META_FIELDS)
 
 

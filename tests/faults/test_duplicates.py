@@ -258,6 +258,28 @@ async def test_copies_of_every_event_as_new_messages_change_no_view(system: Syst
     )
 
 
+async def test_every_message_is_what_the_contract_makes_of_the_stored_event(
+    system: System,
+) -> None:
+    """The relays build each message from the stored JSON directly: byte for byte what the
+    contract's envelope of the mapper's domain event is, for every event of the quarter."""
+    at = await settle(system.services)
+    messages = with_msg_id(await read_stream(system.nats.url, sum(at.values())))
+    seen: set[tuple[str, str]] = set()
+    for m in messages:
+        service = m.subject.split(".")[1]
+        app = system.services[service].runtime.relay.app
+        sequence = int(m.headers["Nats-Msg-Id"].rsplit(":", 1)[1])
+        [n] = app.recorder.select_notifications(sequence, 1)
+        event = app.mapper.to_domain_event(n)
+        assert m.subject == contract.subject_for(service, type(event))
+        assert m.data == contract.encode(contract.envelope(service, n.id, event)), m.subject
+        seen.add((service, m.subject))
+    # The quarter's events come from every service that publishes, of many kinds.
+    assert {service for service, _ in seen} == {"goals", "checkins", "reviews"}
+    assert len(seen) >= 16, sorted(seen)
+
+
 def with_msg_id(messages: list[Msg]) -> list[Msg]:
     """The messages the relays published (the copies above have no Nats-Msg-Id)."""
     return [m for m in messages if "Nats-Msg-Id" in (m.headers or {})]
