@@ -6,7 +6,9 @@
    its own that starts at the first message of the stream.
 2. That consumer applies every event to the new tables, with a progress bar, until it has
    caught up with the stream. Meanwhile the service answers from the live generation.
-3. The live generation is switched in one transaction (`view_generation`). The running service
+3. The indexes that only the reads need are built: kept up to date through every insert of
+   the rebuild, they made it several times slower at a million events. Then the live
+   generation is switched in one transaction (`view_generation`). The running service
    notices within a second, answers from the new tables and continues the new generation's
    durable consumer from where the rebuild left it (anything delivered but not acknowledged is
    redelivered and recognised by the inbox).
@@ -98,7 +100,8 @@ async def rebuild(
             ),
             new.consumer,
             link,
-            Inbox(db, new.consumer, Views(new)),
+            # The secondary indexes are built once the tables are filled (step 3).
+            Inbox(db, new.consumer, Views(new, indexed=False)),
             SUBSCRIPTIONS["projections"][1],
         )
         await consumer.start()
@@ -117,6 +120,9 @@ async def rebuild(
         finally:
             bar.close()
             await consumer.stop()
+        if progress:
+            print(f"views g{new.generation}: building the indexes", file=out)
+        await asyncio.to_thread(db.create, new.indexes())
         await asyncio.to_thread(set_live_generation, db, new.generation)
         return new.generation
     finally:

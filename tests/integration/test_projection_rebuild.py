@@ -12,7 +12,8 @@ import nats
 import pytest
 
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
-from services.projections.rebuild import rebuild
+from services.projections.rebuild import live_generation, rebuild, set_live_generation
+from services.projections.views import Tables
 from shared.sql import Database
 from shared.store import store_env
 from tests.http.checkins_helpers import check_in, plan
@@ -90,5 +91,98 @@ async def test_a_rebuild_switches_without_a_gap_and_the_service_carries_on(
             await nc.close()
         assert "projections-views" not in names
         assert "projections-views-g2" in names and "projections-views-g3" in names
+    finally:
+        app.close()
+
+
+def index_names(app: ProjectionsApplication, table: str) -> set[str]:
+    """The secondary indexes on `table` (its name without the schema)."""
+    db = Database(app)
+    with db.transaction(commit=False) as tx:
+        if db.postgres:
+            rows = tx.execute(
+                "SELECT indexname AS name FROM pg_indexes WHERE schemaname = ?"
+                " AND tablename = ? AND indexname NOT LIKE '%%pkey'",
+                (app.recorder.datastore.schema, table),  # type: ignore[attr-defined]
+            ).fetchall()
+        else:
+            rows = tx.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+                " AND name NOT LIKE 'sqlite_autoindex%'",
+                (table,),
+            ).fetchall()
+    return {row["name"] for row in rows}
+
+
+def table_exists(db: Database, table: str) -> bool:
+    try:
+        with db.transaction(commit=False) as tx:
+            tx.execute(f"SELECT 1 FROM {{t}}{table} LIMIT 1").fetchall()
+    except Exception:
+        return False
+    return True
+
+
+def generation_indexes(app: ProjectionsApplication, tables: Tables) -> set[str]:
+    names = set()
+    for table in (tables.entities, tables.history, tables.audit):
+        names |= index_names(app, table.removeprefix("{t}"))
+    return {name.removeprefix(tables.base) for name in names}
+
+
+async def switched(projections: RunningService, generation: int) -> None:
+    views = projections.runtime.parts["views"]
+    deadline = time.monotonic() + 10
+    while views.tables.generation != generation:
+        assert time.monotonic() < deadline, "the service never switched"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_going_live(
+    goals: RunningService,
+    checkins: RunningService,
+    projections: RunningService,
+    projections_settings: ProjectionsSettings,
+) -> None:
+    p = await plan(goals, checkins, start=0, target=100)
+    await check_in(checkins.client, p.key_result_id, value=10)
+    app = ProjectionsApplication(store_env(projections_settings))
+    try:
+        db = Database(app)
+        live = generation_indexes(app, Tables(1))
+        assert live == {
+            "_entities_cycle",
+            "_entities_parent",
+            "_history_time",
+            "_audit_entity",
+            "_audit_related",
+            "_audit_at",
+        }, live
+        # While it applies the stream, the new generation has its primary keys only; the
+        # other indexes are there before it goes live.
+        task = asyncio.create_task(rebuild(projections_settings, db, progress=False))
+        seen: list[tuple[int, set[str]]] = []
+        while not task.done():
+            if index_names(app, "view2_entities") or table_exists(db, "view2_entities"):
+                found = generation_indexes(app, Tables(2))
+                seen.append((live_generation(db), found))
+            await asyncio.sleep(0.01)
+        assert await task == 2
+        assert (1, set()) in seen, seen
+        assert all(found == live for generation, found in seen if generation == 2), seen
+        assert generation_indexes(app, Tables(2)) == live
+        await switched(projections, 2)
+        await check_in(checkins.client, p.key_result_id, value=20)
+        at = await asyncio.to_thread(checkins.runtime.app.recorder.max_notification_id)
+        assert (await tree(projections, p.cycle_id, f"checkins:{at}"))["objectives"]
+
+        # A generation made live without them (`switch` to a rebuild that stopped short) gets
+        # them when the service's consumer opens it.
+        await asyncio.to_thread(db.create, Tables(3).create(indexed=False))
+        assert generation_indexes(app, Tables(3)) == set()
+        await asyncio.to_thread(set_live_generation, db, 3)
+        await switched(projections, 3)
+        assert generation_indexes(app, Tables(3)) == live
+        assert (await tree(projections, p.cycle_id, f"checkins:{at}"))["objectives"]
     finally:
         app.close()
