@@ -24,6 +24,11 @@ from shared.store import ServiceApplication, dialect, roll_back_if_open
 # PostgreSQL 65,535), and large enough that a batch takes a few statements.
 MAX_PARAMETERS = 4096
 
+# From this many rows on, `Tx.upsert` on PostgreSQL goes through COPY and a staging table:
+# for 1,000 rows it took a quarter of the client's CPU of a pipelined statement per row
+# (2.5 to 2.9 against 10 to 12.8 ms) and less time in all (9.3 against 11.5 to 14.4 ms).
+COPY_UPSERT_ROWS = 100
+
 
 @contextmanager
 def _store_failures() -> Iterator[None]:
@@ -91,6 +96,29 @@ class Tx:
         for statement, values in _multi_row(self._db.sql(head), rows, self._db.sql(tail), "?"):
             with _store_failures():
                 self._cursor.execute(statement, values)
+
+    def upsert(self, table: str, rows: Sequence[Sequence[Any]], conflict: str) -> None:
+        """Rows into `table` (every column, in order), `conflict` (an `ON CONFLICT` clause)
+        deciding about keys already there; no key may come twice in `rows`. Many rows on
+        PostgreSQL go by COPY into a temporary table shaped like `table` (emptied at every
+        commit) and from there in one `INSERT … SELECT`; otherwise as `insert`."""
+        if not (self._db.postgres and len(rows) >= COPY_UPSERT_ROWS):
+            self.insert(f"INSERT INTO {table}", rows, conflict)
+            return
+        staging = "okr_staging_" + table.removeprefix("{t}")
+        with _store_failures():
+            self._cursor.execute(
+                self._db.sql(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table})"
+                    " ON COMMIT DELETE ROWS"
+                )
+            )
+            with self._cursor.copy(f"COPY {staging} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            # The table and the clause are the code's own, never input.
+            insert = f"INSERT INTO {table} SELECT * FROM {staging}{conflict}"  # noqa: S608
+            self._cursor.execute(self._db.sql(insert))
 
     def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         """Add rows to `table` (every column, in order): PostgreSQL's COPY, the fastest way in
@@ -170,6 +198,9 @@ class ScriptTx(Tx):
         for statement, values in _multi_row(self._db.sql(head), rows, self._db.sql(tail), "%s"):
             self._held.append(self._client.mogrify(statement, values))
         self._fetchable = False
+
+    def upsert(self, table: str, rows: Sequence[Sequence[Any]], conflict: str) -> None:
+        self.insert(f"INSERT INTO {table}", rows, conflict)
 
     def append(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
         self.insert(f"INSERT INTO {table}", rows)

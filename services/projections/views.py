@@ -195,8 +195,8 @@ class Views:
         self.pos = self._committed_pos = int(row["pos"] or 0)
 
     def flush(self, tx: Tx) -> None:
-        tx.insert(
-            f"INSERT INTO {self.t.entities}",
+        tx.upsert(
+            self.t.entities,
             [(k, i, c, p, text, pos) for (k, i), (c, p, text, pos, _) in self._states.items()],
             " ON CONFLICT (kind, id) DO UPDATE SET cycle_id = excluded.cycle_id,"
             " parent_id = excluded.parent_id, state = excluded.state, pos = excluded.pos",

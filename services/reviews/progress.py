@@ -90,8 +90,8 @@ class ProgressView:
 
     def flush(self, tx: Tx) -> None:
         # A batch's last entry per key result, in one statement (or a few) at its end.
-        tx.insert(
-            "INSERT INTO {t}latest_check_ins",
+        tx.upsert(
+            "{t}latest_check_ins",
             [
                 (str(e.key_result_id), str(e.check_in_id), e.value, e.confidence)
                 for e in self._staged.values()

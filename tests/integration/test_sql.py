@@ -17,7 +17,7 @@ import pytest
 from eventsourcing.persistence import PersistenceError
 
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
-from shared.sql import MAX_PARAMETERS, Database
+from shared.sql import COPY_UPSERT_ROWS, MAX_PARAMETERS, Database
 from shared.store import store_env
 from tests.support import SECRET
 from tests.system import STORES
@@ -81,6 +81,43 @@ def test_insert_with_a_conflict_clause_updates_the_rows_it_meets(db: Database) -
             " ON CONFLICT (kind, id) DO UPDATE SET note = excluded.note, n = excluded.n",
         )
     assert _read(db) == changed
+
+
+UPDATE_ON_CONFLICT = " ON CONFLICT (kind, id) DO UPDATE SET note = excluded.note, n = excluded.n"
+
+
+@pytest.mark.parametrize("count", [COPY_UPSERT_ROWS - 1, COUNT])
+@pytest.mark.parametrize("how", ["transaction", "batch"])
+def test_upsert_updates_the_rows_it_meets_and_adds_the_others(
+    db: Database, count: int, how: str
+) -> None:
+    rows = _rows(count)
+    with db.transaction() as tx:
+        tx.insert("INSERT INTO {t}bulk", rows[: count // 2])
+    changed = [(k, i, f"changed {note}", n + 1) for k, i, note, n in rows]
+    with db.transaction() if how == "transaction" else db.batch() as tx:
+        tx.upsert("{t}bulk", changed, UPDATE_ON_CONFLICT)
+    assert _read(db) == changed
+
+
+def test_an_upsert_brings_nothing_of_an_earlier_one(db: Database) -> None:
+    """The staging rows of a large upsert on PostgreSQL go at the end of its transaction,
+    committed or not: a later upsert on the same connection writes its own rows only."""
+    rows = _rows(COUNT)
+    first, second, third = rows[:300], rows[300:600], rows[600:900]
+    with db.transaction() as tx:
+        tx.upsert("{t}bulk", [(k, i, "v1", n) for k, i, _, n in first], UPDATE_ON_CONFLICT)
+    with db.transaction() as tx:
+        tx.execute("UPDATE {t}bulk SET note = 'v2'")
+    with pytest.raises(PersistenceError), db.transaction() as tx:
+        tx.upsert("{t}bulk", [(k, i, "v3", n) for k, i, _, n in first], UPDATE_ON_CONFLICT)
+        tx.execute("SELECT * FROM {t}no_such_table")
+    for _ in range(3):  # every connection of the pool in turn, most likely
+        with db.transaction() as tx:
+            tx.upsert("{t}bulk", second, UPDATE_ON_CONFLICT)
+    with db.transaction() as tx:
+        tx.upsert("{t}bulk", third, UPDATE_ON_CONFLICT)
+    assert _read(db) == sorted([(k, i, "v2", n) for k, i, _, n in first] + second + third)
 
 
 @pytest.mark.parametrize("how", ["insert", "append"])
