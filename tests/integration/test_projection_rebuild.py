@@ -28,6 +28,14 @@ async def tree(projections: RunningService, cycle_id: str, *after: str) -> dict:
     return r.json()
 
 
+async def switched(projections: RunningService, generation: int) -> None:
+    views = projections.runtime.parts["views"]
+    deadline = time.monotonic() + 10
+    while views.tables.generation != generation:
+        assert time.monotonic() < deadline, "the service never switched"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_rebuild_switches_without_a_gap_and_the_service_carries_on(
     goals: RunningService,
     checkins: RunningService,
@@ -55,11 +63,7 @@ async def test_a_rebuild_switches_without_a_gap_and_the_service_carries_on(
         assert answers > 0
         assert "views g2" in out.getvalue() and "100%" in out.getvalue()
 
-        live = projections.runtime.parts["views"]
-        deadline = time.monotonic() + 10
-        while live.tables.generation != 2:
-            assert time.monotonic() < deadline, "the service never switched"
-            await asyncio.sleep(0.1)
+        await switched(projections, 2)
         assert (await tree(projections, p.cycle_id))["objectives"] == before["objectives"]
         audit_after = (await projections.client.get("/v1/audit", params={"limit": 500})).json()
 
@@ -128,14 +132,6 @@ def generation_indexes(app: ProjectionsApplication, tables: Tables) -> set[str]:
     for table in (tables.entities, tables.history, tables.audit):
         names |= index_names(app, table.removeprefix("{t}"))
     return {name.removeprefix(tables.base) for name in names}
-
-
-async def switched(projections: RunningService, generation: int) -> None:
-    views = projections.runtime.parts["views"]
-    deadline = time.monotonic() + 10
-    while views.tables.generation != generation:
-        assert time.monotonic() < deadline, "the service never switched"
-        await asyncio.sleep(0.1)
 
 
 async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_going_live(
