@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from pydantic import SecretStr
 
@@ -25,6 +27,8 @@ from services.projections.main import ProjectionsSettings
 from services.reviews.main import ReviewsSettings
 from shared.launcher import nats_server_binary
 from shared.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A benchmark's own secret: its tokens are minted here and never leave the run.
 SECRET = "bench-secret-" + uuid.uuid4().hex
@@ -79,6 +83,82 @@ class Nats:
             self.proc.wait(timeout=20)
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class ServiceProcess:
+    """One process of the system (a service, `python -m services.<name>`, or another
+    command), logging to a file of its own: started, waited for, measured, stopped or killed.
+    The benchmarks and the fault tests that kill processes both run the system this way."""
+
+    name: str
+    env: dict[str, str]
+    port: int
+    log: Path
+    command: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            self.command = [sys.executable, "-m", f"services.{self.name}"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.starts += 1
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout} s: {self.tail()}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, user and system (`/proc/<pid>/stat`)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory_kib(self) -> dict[str, int]:
+        """Resident memory now and at its peak (VmRSS, VmHWM)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return {
+            "rss": int(fields["VmRSS"].split()[0]),
+            "peak": int(fields["VmHWM"].split()[0]),
+        }
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
 @dataclass

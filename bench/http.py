@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -22,12 +20,11 @@ import httpx
 import nats
 
 from bench import wrk
-from bench.common import SECRET, Figure, Nats, Store, free_port, judge
+from bench.common import ROOT, SECRET, Figure, Nats, ServiceProcess, Store, free_port, judge
 from shared.auth import mint_token
 from shared.nats import ensure_stream
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("goals", "checkins", "reviews", "projections")
 
 
@@ -44,75 +41,13 @@ async def declare_stream(nats_url: str) -> None:
 
 
 @dataclass
-class Process:
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    port: int
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"{self.name} not ready after {timeout} s: {self.log.read_text()[-2000:]}"
-        )
-
-    def cpu_seconds(self) -> float:
-        """CPU time the process has used so far, user and system (`/proc/<pid>/stat`)."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def memory_kib(self) -> dict[str, int]:
-        """Resident memory now and at its peak (VmRSS, VmHWM)."""
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        return {
-            "rss": int(fields["VmRSS"].split()[0]),
-            "peak": int(fields["VmHWM"].split()[0]),
-        }
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
-@dataclass
 class System:
     """The four services (and the ceiling app) as processes, on one store and one NATS."""
 
     store: Store
     nats: Nats
     base: Path
-    processes: dict[str, Process] = field(default_factory=dict)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         env = self.store.environment(self.nats.url) | {
@@ -121,20 +56,16 @@ class System:
         }
         for name in SERVICES:
             port = free_port()
-            self.processes[name] = Process(
-                name,
-                [sys.executable, "-m", f"services.{name}"],
-                env | {f"OKR_{name.upper()}_PORT": str(port)},
-                port,
-                self.base / f"{name}.log",
+            self.processes[name] = ServiceProcess(
+                name, env | {f"OKR_{name.upper()}_PORT": str(port)}, port, self.base / f"{name}.log"
             )
         port = free_port()
-        self.processes["ceiling"] = Process(
+        self.processes["ceiling"] = ServiceProcess(
             "ceiling",
-            [sys.executable, "-m", "bench.ceiling"],
             env | {"OKR_BENCH_CEILING_PORT": str(port)},
             port,
             self.base / "ceiling.log",
+            command=[sys.executable, "-m", "bench.ceiling"],
         )
 
     def url(self, name: str) -> str:
