@@ -7,8 +7,9 @@
 2. That consumer applies every event to the new tables, with a progress bar, until it has
    caught up with the stream. Meanwhile the service answers from the live generation.
 3. The indexes that only the reads need are built: kept up to date through every insert of
-   the rebuild, they made it several times slower at a million events. Then the live
-   generation is switched in one transaction (`view_generation`). The running service
+   the rebuild, they cost it about a sixth of its time at a million events on PostgreSQL,
+   more than building them at the end. Then the live generation is switched in one
+   transaction (`view_generation`). The running service
    notices within a second, answers from the new tables and continues the new generation's
    durable consumer from where the rebuild left it (anything delivered but not acknowledged is
    redelivered and recognised by the inbox).
