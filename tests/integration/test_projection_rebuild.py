@@ -11,10 +11,11 @@ import time
 import nats
 import pytest
 
+from services.projections import rebuild as rebuilding
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
-from services.projections.rebuild import live_generation, rebuild, set_live_generation
-from services.projections.views import Tables
-from shared.sql import Database
+from services.projections.rebuild import rebuild, set_live_generation
+from services.projections.views import Tables, Views
+from shared.sql import Database, Tx
 from shared.store import store_env
 from tests.http.checkins_helpers import check_in, plan
 from tests.support import RunningService
@@ -118,15 +119,6 @@ def index_names(app: ProjectionsApplication, table: str) -> set[str]:
     return {row["name"] for row in rows}
 
 
-def table_exists(db: Database, table: str) -> bool:
-    try:
-        with db.transaction(commit=False) as tx:
-            tx.execute(f"SELECT 1 FROM {{t}}{table} LIMIT 1").fetchall()
-    except Exception:
-        return False
-    return True
-
-
 def generation_indexes(app: ProjectionsApplication, tables: Tables) -> set[str]:
     names = set()
     for table in (tables.entities, tables.history, tables.audit):
@@ -139,6 +131,7 @@ async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_going_li
     checkins: RunningService,
     projections: RunningService,
     projections_settings: ProjectionsSettings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     p = await plan(goals, checkins, start=0, target=100)
     await check_in(checkins.client, p.key_result_id, value=10)
@@ -155,17 +148,32 @@ async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_going_li
             "_audit_at",
         }, live
         # While it applies the stream, the new generation has its primary keys only; the
-        # other indexes are there before it goes live.
-        task = asyncio.create_task(rebuild(projections_settings, db, progress=False))
-        seen: list[tuple[int, set[str]]] = []
-        while not task.done():
-            if index_names(app, "view2_entities") or table_exists(db, "view2_entities"):
-                found = generation_indexes(app, Tables(2))
-                seen.append((live_generation(db), found))
-            await asyncio.sleep(0.01)
-        assert await task == 2
-        assert (1, set()) in seen, seen
-        assert all(found == live for generation, found in seen if generation == 2), seen
+        # other indexes are there when it goes live. Looked at from inside the rebuild, at
+        # its first batch and at the switch.
+        at_first_batch: list[set[str]] = []
+        at_switch: list[set[str]] = []
+
+        # (Through connections of their own: the rebuild's are in its transactions.)
+        observer = ProjectionsApplication(store_env(projections_settings))
+
+        class Watched(Views):
+            def flush(self, tx: Tx) -> None:
+                if not at_first_batch:
+                    at_first_batch.append(generation_indexes(observer, Tables(2)))
+                super().flush(tx)
+
+        def switch(db: Database, generation: int) -> None:
+            at_switch.append(generation_indexes(observer, Tables(generation)))
+            set_live_generation(db, generation)
+
+        monkeypatch.setattr(rebuilding, "Views", Watched)
+        monkeypatch.setattr(rebuilding, "set_live_generation", switch)
+        try:
+            assert await rebuild(projections_settings, db, progress=False) == 2
+        finally:
+            observer.close()
+        assert at_first_batch == [set()]
+        assert at_switch == [live]
         assert generation_indexes(app, Tables(2)) == live
         await switched(projections, 2)
         await check_in(checkins.client, p.key_result_id, value=20)
