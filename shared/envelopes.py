@@ -55,10 +55,9 @@ class Envelopes:
         self.mapper = mapper
         self.service = service
         self.source = f"okr/{service}"
-        self._direct = mapper.cipher is None and mapper.compressor is None
-        names = getattr(mapper.transcoder, "names", None)
+        names = getattr(mapper.transcoder, "names", None)  # a JSONTranscoder's
         self._transcodings: dict[str, Transcoding] = dict(names or {})
-        self._direct = self._direct and names is not None
+        self._direct = names is not None and mapper.cipher is None and mapper.compressor is None
         self._kinds: dict[str, _Kind] = {}
 
     def message(self, n: Notification) -> tuple[str, bytes]:
