@@ -20,8 +20,9 @@ import select
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
@@ -48,7 +49,13 @@ from eventsourcing.postgres import (
     PostgresDatastore,
     PostgresProcessRecorder,
 )
-from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteProcessRecorder
+from eventsourcing.sqlite import (
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+    SQLiteProcessRecorder,
+    SQLiteTransaction,
+)
 from eventsourcing.utils import Environment
 from psycopg.pq import TransactionStatus
 from psycopg.sql import SQL, Identifier
@@ -679,6 +686,54 @@ def _fallback_checkpoints(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}").fetchall()
 
 
+class _BeginImmediate(SQLiteTransaction):
+    def __enter__(self) -> SQLiteCursor:
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        return cursor
+
+
+class SQLiteStore(SQLiteDatastore):
+    """The library's SQLite datastore, whose transactions that commit begin IMMEDIATE.
+
+    Such a transaction takes the file's write lock at BEGIN, waiting up to the lock timeout
+    for a writer of another process (a rebuild beside the live service, a second application
+    on the same file). Begun the library's way (a deferred BEGIN), a transaction that read
+    before it wrote (a consumer's batch, a rebuild's) failed at once with "database is
+    locked" whenever another connection had committed in between: SQLite cannot turn a read
+    snapshot that is no longer the latest into a write, and does not wait. Within a process
+    the library's writer lock already lets one writer at a time through; reads are
+    unchanged."""
+
+    @contextmanager
+    def transaction(self, *, commit: bool) -> Iterator[SQLiteCursor]:
+        if not commit:
+            with super().transaction(commit=False) as cursor:
+                yield cursor
+            return
+        with (
+            self.get_connection(commit=True) as conn,
+            _BeginImmediate(conn, commit=True) as cursor,
+            cursor,
+        ):
+            yield cursor
+
+
+class SQLiteStoreFactory(SQLiteFactory):
+    """The library's SQLite persistence (its recorders, its settings), on an `SQLiteStore`."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        library = self.datastore  # made from the same settings; nothing opened yet
+        self.datastore = SQLiteStore(
+            library.pool.db_name,
+            lock_timeout=library.pool.lock_timeout,
+            single_row_tracking=library.single_row_tracking,
+            originator_id_type=library.originator_id_type,
+        )
+        library.close()
+
+
 class ServiceApplication(Application):
     """Base of every service's Application: configured only from our settings."""
 
@@ -929,7 +984,7 @@ def store_env(settings: ServiceSettings) -> dict[str, str]:
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": "shared.store:SQLiteStoreFactory",
             "SQLITE_DBNAME": str(settings.data_dir / f"{settings.service}.db"),
             "SQLITE_LOCK_TIMEOUT": "10",
             "APPLICATION_RECORDER_TOPIC": "shared.store:SQLiteStoreRecorder",

@@ -73,7 +73,10 @@ def test_closing_stops_the_thread(tmp_path: Path) -> None:
     settings = GoalsSettings(jwt_secret="s" * 32, data_dir=tmp_path / "data")
     application = GoalsApplication(store_env(settings))
     _save_cycles(application, 5, 100)
+    checkpointer = application._checkpointer
+    assert checkpointer is not None
+    thread = checkpointer._thread  # this application's, whatever other tests left running
     application.close()
-    assert not any(t.name == "goals-wal-checkpoints" for t in threading.enumerate())
+    assert not thread.is_alive()
     with sqlite3.connect(tmp_path / "data" / "goals.db") as db:
         assert db.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0] == 5
