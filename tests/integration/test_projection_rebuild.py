@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Sequence
 
 import nats
 import pytest
@@ -136,8 +137,15 @@ async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_going_li
     p = await plan(goals, checkins, start=0, target=100)
     await check_in(checkins.client, p.key_result_id, value=10)
     app = ProjectionsApplication(store_env(projections_settings))
+    created: list[list[str]] = []
+
+    class Recording(Database):
+        def create(self, statements: Sequence[str]) -> None:
+            created.append([s for s in statements if "CREATE INDEX" in s])
+            super().create(statements)
+
     try:
-        db = Database(app)
+        db = Recording(app)
         live = generation_indexes(app, Tables(1))
         assert live == {
             "_entities_cycle",
@@ -174,6 +182,10 @@ async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_going_li
             observer.close()
         assert at_first_batch == [set()]
         assert at_switch == [live]
+        # Each index in a transaction of its own: a live writer on the same SQLite file
+        # waits for one of them at a time.
+        building = [c for c in created if c]
+        assert len(building) == len(live) and all(len(c) == 1 for c in building), building
         assert generation_indexes(app, Tables(2)) == live
         await switched(projections, 2)
         await check_in(checkins.client, p.key_result_id, value=20)
