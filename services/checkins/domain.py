@@ -17,7 +17,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import event
 
 from shared.contract.upcasts import MEETING_LISTS, team_check_in_amended_v1_v2
-from shared.domain import InvalidValue, OkrAggregate, RuleBroken, check
+from shared.domain import InvalidValue, OkrAggregate, RuleBroken, check, time_ordered_id
 
 # Aggregate ids here are derived, never shared with the goals service's aggregates: one id is
 # one aggregate across the whole system (subscribers key their state by it).
@@ -192,9 +192,6 @@ class KeyResultProgress(OkrAggregate):
         self.cycle_id = cycle_id
         self.count = 0
 
-    def check_in_id_for(self, number: int) -> UUID:
-        return uuid5(self.id, f"check-in:{number}")
-
     def check_in(
         self,
         terms: KeyResultTerms,
@@ -206,7 +203,8 @@ class KeyResultProgress(OkrAggregate):
         number = self.count + 1
         self.trigger_event(
             self.CheckedIn,
-            check_in_id=self.check_in_id_for(number),
+            # Time-ordered, so the stores index check-ins by appending (`time_ordered_id`).
+            check_in_id=time_ordered_id(),
             key_result_id=self.key_result_id,
             number=number,
             value=terms.check_value(value),

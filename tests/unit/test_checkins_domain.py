@@ -107,8 +107,19 @@ def test_check_ins_are_numbered_and_recorded_with_actor_and_time() -> None:
     assert entry["note"] == "steady" and entry["blockers"] == ["waiting on legal", "data"]
     assert entry["actor"] == "alice" and entry["at"]
     assert entry["key_result_id"] == str(t.id) and entry["corrections"] == []
-    assert first.check_in_id == progress.check_in_id_for(1)
-    assert second.check_in_id == progress.check_in_id_for(2)
+    # Time-ordered ids: each sorts after the ones before it, as text too (the stores' keys).
+    assert first.check_in_id.version == second.check_in_id.version == 7
+    assert str(first.check_in_id) < str(second.check_in_id)
+
+
+def test_check_in_ids_sort_in_the_order_the_check_ins_were_made() -> None:
+    # The stores key check-ins by id: ids made in order are appended to their indexes.
+    t = terms()
+    progresses = [KeyResultProgress.open(t) for _ in range(3)]
+    ids = [progresses[n % 3].check_in(t, n % 100, 5, "", []).check_in_id for n in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert [str(i) for i in ids] == sorted(str(i) for i in ids)
+    assert {i.version for i in ids} == {7}
 
 
 def test_the_state_does_not_grow_with_the_check_ins() -> None:
