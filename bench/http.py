@@ -281,11 +281,11 @@ async def _probe(
     return totals, reads
 
 
-async def _held_load(
-    system: System, ids: list[str], rate: float, seconds: float, connections: int = 16
-) -> tuple[wrk.WrkResult, float]:
-    """wrk at about `rate` req/s: each connection pauses between requests; the pause is
-    calibrated in two short runs. Returns the measured run and the pause used."""
+async def _calibrated_pause(
+    system: System, ids: list[str], rate: float, connections: int = 16
+) -> float:
+    """The pause per connection at which wrk holds about `rate` req/s, calibrated in two
+    short runs."""
     token = bench_token()
     pause = max(0.0, connections / rate * 1000 - 2)
     for _ in range(2):
@@ -298,11 +298,17 @@ async def _held_load(
         # Per connection: 1000 / (pause + service time) requests a second.
         service_ms = max(0.0, connections * 1000 / trial.rate - pause)
         pause = max(0.0, connections * 1000 / rate - service_ms)
-    result = await asyncio.to_thread(
-        wrk.run, system.url("checkins"), ids, token, connections=connections, seconds=seconds,
-        delay_ms=pause,
+    return pause
+
+
+async def _held_load(
+    system: System, ids: list[str], pause: float, seconds: float, connections: int = 16
+) -> wrk.WrkResult:
+    """wrk with `pause` ms between each connection's requests, for `seconds`."""
+    return await asyncio.to_thread(
+        wrk.run, system.url("checkins"), ids, bench_token(), connections=connections,
+        seconds=seconds, delay_ms=pause,
     )  # fmt: skip
-    return result, pause
 
 
 async def projection_latency(
@@ -310,10 +316,12 @@ async def projection_latency(
 ) -> list[Figure]:
     figures = []
     for share in shares:
+        # Calibrated first: the probes time only the measured run, at the load it held.
+        pause = await _calibrated_pause(system, ids, best * share)
         stop = asyncio.Event()
         probe = asyncio.create_task(_probe(system, ids, stop, every_s=0.05))
         bare = asyncio.create_task(_probe(system, ids, stop, every_s=0.05, floor=True))
-        load, pause = await _held_load(system, ids, best * share, seconds)
+        load = await _held_load(system, ids, pause, seconds)
         stop.set()
         totals, reads = await probe
         floors, _ = await bare
