@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.projections.views import Tables
+from services.projections.views import HISTORY_KINDS, Tables
 from shared.okr import progress_of, status_of, weighted_progress
 from shared.sql import Database, Tx
 
@@ -18,7 +18,8 @@ State = dict[str, Any]
 # --- the OKR tree -------------------------------------------------------------------------
 
 
-TREE_KINDS = "('cycle', 'objective', 'key_result', 'progress')"
+# The kinds the tree shows, as SQL: exactly those whose past the history keeps, for `as_of`.
+TREE_KINDS = "(" + ", ".join(f"'{kind}'" for kind in sorted(HISTORY_KINDS)) + ")"
 
 
 def okr_states(tx: Tx, t: Tables, cycle_id: str, as_of: str | None) -> dict[tuple[str, str], State]:

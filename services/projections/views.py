@@ -5,8 +5,9 @@ Each event changes the state of one entity of the view (a cycle, objective, key 
 result's progress, a check-in, a meeting, a review). The view keeps:
 
 - `view_entities`: each entity's current state (JSON), by kind and id, with its cycle;
-- `view_history`: every state each entity has had, from the time of the event that made it
-  (`valid_from`, never before the state it replaces): the past as it was, for `as_of`;
+- `view_history`: every state each entity of the OKR tree (cycle, objective, key result,
+  progress) has had, from the time of the event that made it (`valid_from`, never before the
+  state it replaces): the past as it was, for `as_of`;
 - `view_audit`: one entry per event — when, who, which service and entity, the event type, the
   changes (field → from/to), the reason, correlation and causation ids.
 
@@ -97,6 +98,11 @@ State = dict[str, Any]
 # states every event reads.
 RECENT_STATES = 50_000
 NOT_KEPT = frozenset({"check_in"})
+
+# The kinds whose past states are kept in the history: those the OKR tree shows, which is all
+# that `as_of` reads. Check-ins, meetings and reviews are read only as they are now; a history
+# row for each check-in would be the history's largest part, written and never read.
+HISTORY_KINDS = frozenset({"cycle", "objective", "key_result", "progress"})
 
 
 def utc(at: datetime) -> str:
@@ -305,7 +311,8 @@ class Views:
         key = (kind, entity_id)
         since = self._since(key, at)
         self._states[key] = (cycle_id, parent_id, text, self.pos, since)
-        self._history.append((kind, entity_id, cycle_id, since, self.pos, text))
+        if kind in HISTORY_KINDS:
+            self._history.append((kind, entity_id, cycle_id, since, self.pos, text))
 
     # --- goals ----------------------------------------------------------------------------
 
