@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import nats as nats_py
+from eventsourcing.persistence import OperationalError, ProgrammingError
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -34,6 +35,7 @@ from services.goals.application import GoalsApplication
 from services.projections.main import ProjectionsApplication
 from services.projections.rebuild import REBUILD_BATCH
 from services.projections.rebuild import rebuild as rebuild_views
+from services.projections.views import Tables
 from shared.domain import CommandContext, command_context
 from shared.envelopes import Envelopes
 from shared.nats import NatsLink, ensure_stream, stream_config
@@ -416,6 +418,32 @@ def _applied(db: Database, consumer: str) -> int:
     return int(row["n"] or 0)
 
 
+def _views_bytes(db: Database, generation: int) -> dict[str, int] | None:
+    """The bytes each table of a generation of the views takes, with its indexes; None where
+    the store cannot tell (an SQLite built without its `dbstat` table)."""
+    t = Tables(generation)
+    sizes = {}
+    try:
+        with db.transaction(commit=False) as tx:
+            for name, table in (
+                ("entities", t.entities),
+                ("history", t.history),
+                ("audit", t.audit),
+            ):
+                if db.postgres:
+                    statement = "SELECT pg_total_relation_size(?::regclass) AS n"
+                else:
+                    statement = (
+                        "SELECT SUM(d.pgsize) AS n FROM dbstat d"
+                        " JOIN sqlite_schema s ON s.name = d.name WHERE s.tbl_name = ?"
+                    )
+                row = tx.execute(statement, (db.sql(table),)).fetchone()
+                sizes[name] = int(row["n"] or 0)
+    except (OperationalError, ProgrammingError):
+        return None
+    return sizes
+
+
 async def rebuild(store: Store, base: Path, events: int) -> list[Figure]:
     """The projections rebuilt from a stream of `events` events (a cycle of 500 key results,
     more for large sizes, and its check-ins, published by the real relays), against a raw
@@ -451,6 +479,7 @@ async def rebuild(store: Store, base: Path, events: int) -> list[Figure]:
             generation = await rebuild_views(settings, db, progress=False)
             seconds = time.perf_counter() - started
             applied = await asyncio.to_thread(_applied, db, f"views-g{generation}")
+            sizes = await asyncio.to_thread(_views_bytes, db, generation)
         finally:
             await asyncio.to_thread(views.close)
         if applied != total:
@@ -470,8 +499,9 @@ async def rebuild(store: Store, base: Path, events: int) -> list[Figure]:
         # rebuild() looks at its consumer every 0.2 s: up to that much is waiting.
         "poll_resolution_s": 0.2,
         "relays_publish_seconds": publish_seconds,
+        "views_bytes": sizes,
     }
-    return [
+    figures = [
         Figure(
             "rebuild",
             store.kind,
@@ -495,6 +525,19 @@ async def rebuild(store: Store, base: Path, events: int) -> list[Figure]:
             detail=detail | {"target_applies_to": "value"},
         ),
     ]
+    if sizes:
+        # What the views take on disk, per event applied: tables and indexes, once rebuilt.
+        figures.append(
+            Figure(
+                "rebuild",
+                store.kind,
+                "views on disk per event (tables and indexes)",
+                sum(sizes.values()) / total,
+                "bytes",
+                detail=detail,
+            )
+        )
+    return figures
 
 
 # --- a small run --------------------------------------------------------------------------
