@@ -422,6 +422,13 @@ def _views_bytes(db: Database, generation: int) -> dict[str, int] | None:
     """The bytes each table of a generation of the views takes, with its indexes; None where
     the store cannot tell (an SQLite built without its `dbstat` table)."""
     t = Tables(generation)
+    if db.postgres:
+        statement = "SELECT pg_total_relation_size(?::regclass) AS n"
+    else:
+        statement = (
+            "SELECT SUM(d.pgsize) AS n FROM dbstat d"
+            " JOIN sqlite_schema s ON s.name = d.name WHERE s.tbl_name = ?"
+        )
     sizes = {}
     try:
         with db.transaction(commit=False) as tx:
@@ -430,13 +437,6 @@ def _views_bytes(db: Database, generation: int) -> dict[str, int] | None:
                 ("history", t.history),
                 ("audit", t.audit),
             ):
-                if db.postgres:
-                    statement = "SELECT pg_total_relation_size(?::regclass) AS n"
-                else:
-                    statement = (
-                        "SELECT SUM(d.pgsize) AS n FROM dbstat d"
-                        " JOIN sqlite_schema s ON s.name = d.name WHERE s.tbl_name = ?"
-                    )
                 row = tx.execute(statement, (db.sql(table),)).fetchone()
                 sizes[name] = int(row["n"] or 0)
     except (OperationalError, ProgrammingError):
