@@ -40,7 +40,6 @@ import pydantic
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -48,6 +47,7 @@ from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
 from shared.logs import bind
 from shared.nats import NatsLink
+from shared.pull import ContinuousPull
 from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
 from shared.store import (
@@ -558,6 +558,7 @@ class Consumer:
         ack_wait: float = 30.0,
         poll_interval: float = 1.0,
         early_delay: float = 0.5,
+        linger: float = 0.0,
     ) -> None:
         self.service = service
         self.name = name
@@ -569,6 +570,7 @@ class Consumer:
         self.ack_wait = ack_wait
         self.poll_interval = poll_interval
         self.early_delay = early_delay
+        self.linger = linger
         self.pending = 0
         self.delivered = 0
         self.caught_up = False
@@ -589,8 +591,12 @@ class Consumer:
         link: NatsLink,
         inbox: Inbox | ProcessInbox,
         subjects: list[str],
+        *,
+        linger: float = 0.0,
     ) -> Consumer:
-        """The service's consumer `name` on `subjects`, tuned by the `OKR_CONSUMER_*` settings."""
+        """The service's consumer `name` on `subjects`, tuned by the `OKR_CONSUMER_*` settings.
+        `linger`: how long a partial batch waits for more messages before it is applied (fewer
+        commits under a steady trickle, for that much more delay)."""
         return cls(
             settings.service,
             name,
@@ -601,6 +607,7 @@ class Consumer:
             batch_size=settings.consumer_batch_size,
             ack_wait=settings.consumer_ack_wait_s,
             poll_interval=settings.consumer_poll_interval_s,
+            linger=linger,
         )
 
     @property
@@ -701,7 +708,7 @@ class Consumer:
             else:
                 delay = 0.1
 
-    async def _subscribe(self) -> Any:
+    async def _subscribe(self) -> ContinuousPull:
         js = await self.link.wait()
         config = ConsumerConfig(
             durable_name=self.durable,
@@ -719,7 +726,10 @@ class Consumer:
             await js.add_consumer(self.stream, config)
         except NotFoundError as e:
             raise RuntimeError(f"stream {self.stream} not found") from e
-        return await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        assert self.link.nc is not None  # connected: `wait` returned
+        pull = ContinuousPull(self.link.nc, self.stream, self.durable, batch=self.batch_size)
+        await pull.start()
+        return pull
 
     def followed_services(self) -> list[str]:
         return [s for s in DEFAULT_PORTS if self.follows(s)]
@@ -746,48 +756,24 @@ class Consumer:
             CONSUMER_LAG_EVENTS.labels(self.service, self.name, source).set(behind)
 
     async def _consume(self) -> None:
-        sub = await self._subscribe()
-        ahead: asyncio.Task[list[Msg]] | None = None
+        pull = await self._subscribe()
         try:
             while not self._stopping:
-                try:
-                    if ahead is None:
-                        msgs = await sub.fetch(self.batch_size, timeout=self.poll_interval)
-                    else:
-                        fetched, ahead = ahead, None  # taken even if it failed
-                        msgs = await fetched
-                except (NatsTimeoutError, TimeoutError):  # nats-py raises either when idle
+                msgs = await pull.next(self.poll_interval)
+                if msgs and self.linger and len(msgs) < self.batch_size:
+                    # A partial batch: let more join it, so that one commit serves them all.
+                    await asyncio.sleep(self.linger)
+                    msgs += await pull.next(0, self.batch_size - len(msgs))
+                if not msgs:
                     if self.link.connected:
                         self._idle()
                     else:
                         self.caught_up = False
                     continue
-                if msgs and (msgs[-1].metadata.num_pending or 0) > 0:
-                    # More is waiting: fetch it while this batch is applied.
-                    ahead = asyncio.create_task(
-                        sub.fetch(self.batch_size, timeout=self.poll_interval)
-                    )
                 await self._handle(msgs)
                 await self._measure_lag()
         finally:
-            if ahead is not None:
-                await self._give_back(ahead)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    @staticmethod
-    async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
-        """A batch fetched ahead and not applied: have it delivered again at once (not after
-        the ack wait)."""
-        if not ahead.done():
-            ahead.cancel()
-        try:
-            msgs = await ahead
-        except (asyncio.CancelledError, Exception):
-            return
-        for msg in msgs:
-            with contextlib.suppress(Exception):
-                await msg.nak()
+            await pull.stop()
 
     def _idle(self) -> None:
         self.caught_up = True

@@ -363,3 +363,12 @@ async def test_review_events_on_nats_and_the_carry_over_they_cause(
         for o in review["objectives"]
         if o["decision"]
     ]
+
+
+async def test_the_reviews_consumer_lingers_as_set_and_the_projections_does_not(
+    reviews: Any, projections: Any
+) -> None:
+    # Suggested scores are read at a person's pace; the projections' delay is the latency
+    # every read-your-writes client waits for.
+    assert [c.linger for c in reviews.runtime.consumers] == [0.02]
+    assert [c.linger for c in projections.runtime.consumers] == [0.0]

@@ -1,0 +1,136 @@
+"""A continuous pull on a JetStream durable consumer.
+
+nats-py's `fetch` pays per call for two pull requests when little is waiting (a `no_wait`
+probe, then a lingering one, each answered by the server with a status message), and per
+message for a task, a timer and a `uuid4` (a system call): at a few events per batch that is
+most of what a consumer's event loop does, and much of what the NATS server does for it.
+Here one subscription receives the messages of pull requests kept open on the server: when
+fewer than half of `batch` are still requested, the next request asks for the rest, so
+messages keep coming while a batch is applied, and an idle consumer holds one request that
+expires every `expires` seconds with idle heartbeats in between (the JetStream pull protocol
+the official clients' `consume` speaks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import Header
+
+STATUS = Header.STATUS.value
+PENDING_MESSAGES = "Nats-Pending-Messages"
+# Statuses of a pull request's end (RFC 7231 wording, as the server sends them).
+_HEARTBEAT = "100"
+_NO_MESSAGES = "404"
+_EXPIRED = "408"
+_ENDED = "409"  # the consumer was deleted, the request exceeded a limit, a leader changed
+
+
+class PullEnded(Exception):
+    """The server ended the pull for good (the consumer is gone): subscribe again."""
+
+
+class ContinuousPull:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        durable: str,
+        *,
+        batch: int,
+        expires: float = 30.0,
+        heartbeat: float = 5.0,
+    ) -> None:
+        if heartbeat * 2 >= expires:
+            raise ValueError("the heartbeat must be under half the expiry")
+        self._nc = nc
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._batch = batch
+        self._expires = expires
+        self._heartbeat = heartbeat
+        self._messages: deque[Msg] = deque()
+        self._requested = 0  # messages asked for and neither delivered nor given up
+        self._heard = time.monotonic()  # a message or a heartbeat last came in
+        self._wake = asyncio.Event()
+        self._ended: str | None = None
+        self._inbox = ""
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._arrived)
+
+    async def stop(self) -> None:
+        """Unsubscribe; what arrived and was not taken is handed back to come again at once
+        (rather than after the ack wait)."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        while self._messages:
+            with contextlib.suppress(Exception):
+                await self._messages.popleft().nak()
+
+    async def next(self, timeout: float, limit: int | None = None) -> list[Msg]:  # noqa: ASYNC109
+        """The messages that arrived (at most `limit`, or `batch`), waiting up to `timeout`
+        seconds for the first one; none if nothing came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._ended is not None:
+                raise PullEnded(self._ended)
+            await self._top_up()
+            if self._messages:
+                count = min(len(self._messages), limit or self._batch)
+                return [self._messages.popleft() for _ in range(count)]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(left, self._heartbeat))
+
+    async def _top_up(self) -> None:
+        if self._requested and time.monotonic() - self._heard > 2 * self._heartbeat:
+            # Neither messages nor heartbeats: the requests were lost with a connection or a
+            # server restart. Ask again; anything of theirs still on its way is not lost, only
+            # delivered beyond what is counted.
+            self._requested = 0
+        if self._requested > self._batch // 2:
+            return
+        wanted = self._batch - self._requested
+        request = {
+            "batch": wanted,
+            "expires": int(self._expires * 1e9),
+            "idle_heartbeat": int(self._heartbeat * 1e9),
+        }
+        await self._nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
+        self._requested += wanted
+        self._heard = time.monotonic()
+
+    async def _arrived(self, msg: Msg) -> None:
+        self._heard = time.monotonic()
+        headers = msg.headers or {}
+        status = headers.get(STATUS)
+        if status is None:
+            self._messages.append(msg)
+            self._requested = max(0, self._requested - 1)
+        elif status in (_EXPIRED, _ENDED):
+            # The rest of a request that ended: how many it still held, when the server says.
+            pending = headers.get(PENDING_MESSAGES)
+            if pending is None:
+                # nats-py keys the description by the enum member, not its value.
+                if status == _ENDED and "deleted" in str(headers.get(Header.DESCRIPTION, "")):
+                    self._ended = "the consumer was deleted"
+                self._requested = 0
+            else:
+                self._requested = max(0, self._requested - int(pending))
+        elif status not in (_HEARTBEAT, _NO_MESSAGES):
+            self._requested = 0
+        self._wake.set()
