@@ -63,6 +63,11 @@ class ContinuousPull:
         self._inbox = ""
         self._sub: Subscription | None = None
 
+    @property
+    def inbox(self) -> str:
+        """The subject the server delivers to (a fresh `_INBOX` one, known once started)."""
+        return self._inbox
+
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._arrived)
@@ -85,10 +90,12 @@ class ContinuousPull:
         while True:
             if self._ended is not None:
                 raise PullEnded(self._ended)
-            await self._top_up()
             if self._messages:
                 count = min(len(self._messages), limit or self._batch)
-                return [self._messages.popleft() for _ in range(count)]
+                taken = [self._messages.popleft() for _ in range(count)]
+                await self._top_up()  # the next batch comes while this one is applied
+                return taken
+            await self._top_up()
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
@@ -102,9 +109,11 @@ class ContinuousPull:
             # server restart. Ask again; anything of theirs still on its way is not lost, only
             # delivered beyond what is counted.
             self._requested = 0
-        if self._requested > self._batch // 2:
+        # At most a batch asked for or held beside the one being applied: a bounded prefetch.
+        ahead = self._requested + len(self._messages)
+        if ahead > self._batch // 2:
             return
-        wanted = self._batch - self._requested
+        wanted = self._batch - ahead
         request = {
             "batch": wanted,
             "expires": int(self._expires * 1e9),
@@ -119,6 +128,8 @@ class ContinuousPull:
         headers = msg.headers or {}
         status = headers.get(STATUS)
         if status is None:
+            if not (msg.reply or "").startswith("$JS.ACK."):
+                return  # not a stream message: nothing JetStream delivered, nothing to ack
             self._messages.append(msg)
             self._requested = max(0, self._requested - 1)
         elif status in (_EXPIRED, _ENDED):

@@ -95,6 +95,41 @@ async def test_a_limit_takes_fewer_and_leaves_the_rest_for_later(nc: Client) -> 
     assert numbers(rest) == list(range(3, 10))
 
 
+async def test_it_holds_at_most_a_batch_ahead_of_what_was_taken(nc: Client) -> None:
+    # A slow reader (one message at a time, none acknowledged) does not make the server
+    # deliver the whole backlog to it: what was delivered and not taken stays within a batch.
+    await publish(nc, 0, 100)
+    pull = ContinuousPull(nc, "OKR", "puller", batch=16)
+    await pull.start()
+    try:
+        taken = []
+        for _ in range(10):
+            taken += await pull.next(5, limit=1)
+            await asyncio.sleep(0.05)  # what was asked for arrives
+        info = await nc.jetstream().consumer_info("OKR", "puller")
+    finally:
+        await pull.stop()
+    assert [int(m.data) for m in taken] == list(range(10))
+    assert info.num_ack_pending <= 10 + 16
+
+
+async def test_what_jetstream_did_not_deliver_is_ignored(nc: Client) -> None:
+    # Anyone allowed to publish to the inbox could send to it: only stream messages (with
+    # their `$JS.ACK` reply) are taken, so nothing unacknowledgeable reaches the consumer.
+    pull = ContinuousPull(nc, "OKR", "puller", batch=16)
+    await pull.start()
+    try:
+        await nc.publish(pull.inbox, b"-1")
+        await nc.publish(pull.inbox, b"-2", reply="_INBOX.somewhere")
+        await publish(nc, 0, 1)
+        batches = await take(pull, 1)
+        await asyncio.sleep(0.2)
+        assert await pull.next(0) == []
+    finally:
+        await pull.stop()
+    assert numbers(batches) == [0]
+
+
 async def test_waiting_with_nothing_to_take_returns_nothing_in_time(nc: Client) -> None:
     pull = ContinuousPull(nc, "OKR", "puller", batch=16)
     await pull.start()
