@@ -1,14 +1,13 @@
 """A continuous pull on a JetStream durable consumer.
 
-nats-py's `fetch` pays per call for two pull requests when little is waiting (a `no_wait`
-probe, then a lingering one, each answered by the server with a status message), and per
-message for a task, a timer and a `uuid4` (a system call): at a few events per batch that is
-most of what a consumer's event loop does, and much of what the NATS server does for it.
-Here one subscription receives the messages of pull requests kept open on the server: when
-fewer than half of `batch` are still requested, the next request asks for the rest, so
-messages keep coming while a batch is applied, and an idle consumer holds one request that
-expires every `expires` seconds with idle heartbeats in between (the JetStream pull protocol
-the official clients' `consume` speaks).
+nats-py has no `consume`: its `fetch` sends, per call, a `no_wait` probe and then a lingering
+request when little is waiting, and waits for each message with a task and a timer of its
+own; between two calls nothing is requested. Here one subscription receives the messages of
+pull requests kept open on the server: when fewer than half a batch are still requested or
+held, the next request asks for the rest, so messages keep coming while a batch is applied
+(which is what lets a consumer linger for more), at most one batch waits beside it, and an
+idle consumer holds one request that expires every `expires` seconds with idle heartbeats in
+between: the JetStream pull protocol the official clients' `consume` speaks.
 """
 
 from __future__ import annotations
@@ -134,14 +133,21 @@ class ContinuousPull:
             self._requested = max(0, self._requested - 1)
         elif status in (_EXPIRED, _ENDED):
             # The rest of a request that ended: how many it still held, when the server says.
-            pending = headers.get(PENDING_MESSAGES)
+            pending = _count(headers.get(PENDING_MESSAGES))
             if pending is None:
                 # nats-py keys the description by the enum member, not its value.
                 if status == _ENDED and "deleted" in str(headers.get(Header.DESCRIPTION, "")):
                     self._ended = "the consumer was deleted"
                 self._requested = 0
             else:
-                self._requested = max(0, self._requested - int(pending))
+                self._requested = max(0, self._requested - pending)
         elif status not in (_HEARTBEAT, _NO_MESSAGES):
             self._requested = 0
         self._wake.set()
+
+
+def _count(value: str | None) -> int | None:
+    """A status's count of messages, if it carries a sound one."""
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
