@@ -786,9 +786,7 @@ class Consumer:
             CONSUMER_LAG_EVENTS.labels(self.service, self.name, f"okr/{service}").set(0)
 
     async def _handle(self, msgs: list[Msg]) -> None:
-        if not msgs:  # a pull that ended with a status, not messages
-            self._idle()
-            return
+        """Apply a batch (never empty: the pull hands out stream messages only)."""
         started = time.perf_counter()
         self.delivered += len(msgs)
         events: list[Received] = []
