@@ -29,7 +29,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
@@ -47,7 +47,7 @@ from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
 from shared.logs import bind
 from shared.nats import NatsLink
-from shared.pull import ContinuousPull
+from shared.pull import ContinuousPull, delivery
 from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
 from shared.store import (
@@ -542,6 +542,27 @@ class ProcessInbox:
 # --- the JetStream side ---------------------------------------------------------------------
 
 
+def _delivered(msg: Msg) -> int:
+    """Times the message was delivered (the pull hands out stream messages only)."""
+    return (delivery(msg.reply) or (1, 0))[0]
+
+
+def _pending(msg: Msg) -> int:
+    """Messages the consumer had pending after this one."""
+    return (delivery(msg.reply) or (1, 0))[1]
+
+
+@dataclass
+class _Batch:
+    """A batch taken from the stream: its messages, the events of those that passed the
+    contract, in the same order as their carriers, and the seconds checking them took."""
+
+    msgs: list[Msg]
+    events: list[Received] = field(default_factory=list)
+    carriers: list[Msg] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 class Consumer:
     """A durable pull consumer feeding an `Inbox`, reconnecting and backing off by itself."""
 
@@ -756,7 +777,11 @@ class Consumer:
             CONSUMER_LAG_EVENTS.labels(self.service, self.name, source).set(behind)
 
     async def _consume(self) -> None:
+        """Pull, check and apply batches. The next batch is taken and checked on the event loop
+        while the worker thread applies the one before (the store's own work runs without the
+        GIL); batches are applied one at a time, in the order they came."""
         pull = await self._subscribe()
+        applying: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
                 msgs = await pull.next(self.poll_interval)
@@ -765,14 +790,33 @@ class Consumer:
                     await asyncio.sleep(self.linger)
                     msgs += await pull.next(0, self.batch_size - len(msgs))
                 if not msgs:
+                    if applying is not None:
+                        await applying  # caught up only once the last batch is in
+                        applying = None
                     if self.link.connected:
                         self._idle()
                     else:
                         self.caught_up = False
                     continue
-                await self._handle(msgs)
+                batch = await self._check(msgs)
+                if applying is not None:
+                    try:
+                        await applying
+                    except BaseException:
+                        # Not applied: have it come again with the one that failed.
+                        await self._give_back(batch.carriers)
+                        raise
+                applying = asyncio.create_task(self._apply(batch))
                 await self._measure_lag()
+        except asyncio.CancelledError:
+            if applying is not None:
+                applying.cancel()  # its call runs on; the inbox recognises a redelivery
+            raise
         finally:
+            if applying is not None:
+                # Let a batch in flight settle its messages (its failure was handled there).
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await applying
             await pull.stop()
 
     def _idle(self) -> None:
@@ -785,29 +829,39 @@ class Consumer:
         for service in self.followed_services():
             CONSUMER_LAG_EVENTS.labels(self.service, self.name, f"okr/{service}").set(0)
 
-    async def _handle(self, msgs: list[Msg]) -> None:
-        """Apply a batch (never empty: the pull hands out stream messages only)."""
+    async def _check(self, msgs: list[Msg]) -> _Batch:
+        """Parse a batch's messages (never none: the pull hands out stream messages only)
+        against the contract; those that break it are rejected."""
         started = time.perf_counter()
         self.delivered += len(msgs)
-        events: list[Received] = []
-        carriers: list[Msg] = []
+        batch = _Batch(msgs)
         for msg in msgs:
-            if msg.metadata.num_delivered > 1:
+            if _delivered(msg) > 1:
                 CONSUMER_REDELIVERED.labels(self.service, self.name).inc()
             try:
                 headers = msg.headers or {}
-                events.append(parse(msg.subject, msg.data, headers.get("Nats-Msg-Id")))
-                carriers.append(msg)
+                batch.events.append(parse(msg.subject, msg.data, headers.get("Nats-Msg-Id")))
+                batch.carriers.append(msg)
             except InvalidMessage as e:
                 await self._reject(msg, str(e))
+        batch.seconds = time.perf_counter() - started
+        return batch
+
+    async def _give_back(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def _apply(self, batch: _Batch) -> None:
+        """Apply a checked batch in one transaction, then settle each of its messages."""
+        started = time.perf_counter()
+        events, carriers = batch.events, batch.carriers
         if events:
             try:
                 outcomes, invalid = await self._worker.run(self.inbox.process, events)
             except PersistenceError:
                 # Nothing was applied: have the batch come again soon, then back off.
-                for msg in carriers:
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+                await self._give_back(carriers)
                 raise
             # Committed: release the readers waiting for these positions before the acks.
             async with self._advanced:
@@ -823,7 +877,7 @@ class Consumer:
             self.last_event_time[event.source] = max(
                 self.last_event_time.get(event.source, event.time), event.time
             )
-        self.pending = msgs[-1].metadata.num_pending or 0
+        self.pending = _pending(batch.msgs[-1])
         self.caught_up = self.pending == 0
         self.last_error = None
         self.last_progress = time.monotonic()
@@ -836,7 +890,7 @@ class Consumer:
             behind = (now - at).total_seconds() if self.pending else 0.0
             CONSUMER_LAG_SECONDS.labels(self.service, self.name, source).set(max(0.0, behind))
         CONSUMER_BATCH_SECONDS.labels(self.service, self.name).observe(
-            time.perf_counter() - started
+            batch.seconds + time.perf_counter() - started
         )
 
     async def _settle(self, msg: Msg, outcome: Outcome, reason: str | None) -> None:
@@ -845,7 +899,7 @@ class Consumer:
         elif outcome is Outcome.EARLY:
             # Its predecessor is still on its way: back off a little more each time.
             CONSUMER_RESCHEDULED.labels(self.service, self.name).inc()
-            attempts = msg.metadata.num_delivered
+            attempts = _delivered(msg)
             await msg.nak(delay=min(self.early_delay * attempts, 30.0))
         else:
             await self.acknowledge(msg)

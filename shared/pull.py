@@ -36,6 +36,22 @@ class PullEnded(Exception):
     """The server ended the pull for good (the consumer is gone): subscribe again."""
 
 
+def delivery(reply: str | None) -> tuple[int, int] | None:
+    """How many times a stream message was delivered, and how many messages its consumer
+    still has pending, read from the message's `$JS.ACK` reply subject; None when the reply is
+    not one. `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
+    <pending>`, or with `<domain>.<account hash>` after `ACK` (11 tokens or more). nats-py's
+    `Msg.metadata` reads the same and also builds a timestamp and two frozen dataclasses: a
+    few microseconds per message, a tenth of a consumer's event loop in a rebuild."""
+    tokens = (reply or "").split(".")
+    if (len(tokens) != 9 and len(tokens) < 11) or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    delivered, pending = (tokens[4], tokens[8]) if len(tokens) == 9 else (tokens[6], tokens[10])
+    if not (delivered.isdecimal() and pending.isdecimal()):
+        return None
+    return int(delivered), int(pending)
+
+
 class ContinuousPull:
     def __init__(
         self,
@@ -127,7 +143,7 @@ class ContinuousPull:
         headers = msg.headers or {}
         status = headers.get(STATUS)
         if status is None:
-            if not (msg.reply or "").startswith("$JS.ACK."):
+            if delivery(msg.reply) is None:
                 return  # not a stream message: nothing JetStream delivered, nothing to ack
             self._messages.append(msg)
             self._requested = max(0, self._requested - 1)

@@ -109,7 +109,16 @@ def utc(at: datetime) -> str:
     """One fixed, sortable text form for every time in the view."""
     if at.tzinfo is not UTC:
         at = at.astimezone(UTC)
-    return f"{at.isoformat(timespec='microseconds')[:26]}Z"  # "…T12:00:00.000000Z"
+    # "…T12:00:00.000000Z": isoformat()'s digits, formatted for half its time (twice per event).
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        at.year,
+        at.month,
+        at.day,
+        at.hour,
+        at.minute,
+        at.second,
+        at.microsecond,
+    )
 
 
 def _dump(value: Any) -> str:

@@ -1,7 +1,9 @@
 """The consumer's loop over its pull: a partial batch waits `linger` for more and is applied
 with what joined it, in one batch; without a linger (or with a full batch) it is applied at
-once; a wait that brought nothing marks the consumer caught up. The pull here is scripted:
-what arrives when is the point, and a real server cannot be timed that closely."""
+once; the next batch is checked while the one before is applied, and applied after it; a
+failed batch takes the next one back with it; a wait that brought nothing marks the consumer
+caught up, once the last batch is in. The pull here is scripted: what arrives when is the
+point, and a real server cannot be timed that closely."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from typing import Any
 
 import pydantic
 import pytest
+from eventsourcing.persistence import PersistenceError
 
 from services.reviews.main import ReviewsSettings
-from shared.consumer import Consumer
+from shared.consumer import Consumer, _Batch
 from shared.nats import NatsLink
 
 
@@ -66,12 +69,31 @@ class Recorded(Consumer):
         self.pull = ScriptedPull(self, script, later)
         self.batches: list[list[str]] = []
         self.idle = 0
+        self.log: list[str] = []  # what happened, in order
+        self.gate: asyncio.Event | None = None  # when set up, an apply waits for it
+        self.fail: set[str] = set()  # batches (by first message) whose apply fails
+        self.given_back: list[str] = []
 
     async def _subscribe(self) -> Any:
         return self.pull
 
-    async def _handle(self, msgs: list[Any]) -> None:
-        self.batches.append([m.name for m in msgs])
+    async def _check(self, msgs: list[Any]) -> _Batch:
+        self.log.append(f"check {msgs[0].name}")
+        return _Batch(msgs, carriers=list(msgs))
+
+    async def _apply(self, batch: _Batch) -> None:
+        name = batch.msgs[0].name
+        self.log.append(f"apply {name}")
+        if self.gate is not None:
+            await self.gate.wait()
+        if name in self.fail:
+            self.log.append(f"failed {name}")
+            raise PersistenceError("the store is away")
+        self.batches.append([m.name for m in batch.msgs])
+        self.log.append(f"applied {name}")
+
+    async def _give_back(self, msgs: list[Any]) -> None:
+        self.given_back += [m.name for m in msgs]
 
     async def _measure_lag(self) -> None:
         pass
@@ -108,6 +130,65 @@ async def test_a_wait_that_brought_nothing_marks_the_consumer_idle() -> None:
     await asyncio.wait_for(consumer._consume(), 5)
     assert consumer.batches == [["a"]]
     assert consumer.idle == 3  # the two empty waits, and the last one, which stops
+
+
+async def test_the_next_batch_is_checked_while_one_is_applied_and_applied_after_it() -> None:
+    consumer = Recorded([[_msg("a")], [_msg("b")], [_msg("c")]], later=[], linger=0)
+    consumer.gate = asyncio.Event()
+    run = asyncio.create_task(consumer._consume())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # "a" is being applied; "b" was checked meanwhile and waits for it.
+    assert consumer.log == ["check a", "apply a", "check b"]
+    consumer.gate.set()
+    await asyncio.wait_for(run, 5)
+    assert consumer.batches == [["a"], ["b"], ["c"]]
+    assert consumer.log.index("applied a") < consumer.log.index("apply b")
+    assert consumer.log.index("applied b") < consumer.log.index("apply c")
+
+
+async def test_a_failed_batch_takes_the_one_checked_behind_it_back_with_it() -> None:
+    consumer = Recorded([[_msg("a")], [_msg("b"), _msg("b2")]], later=[], linger=0)
+    consumer.fail = {"a"}
+    with pytest.raises(PersistenceError):
+        await asyncio.wait_for(consumer._consume(), 5)
+    assert consumer.batches == []
+    assert consumer.given_back == ["b", "b2"]  # "a" gave itself back where it failed
+    assert "apply b" not in consumer.log
+    assert consumer.pull.stopped
+
+
+async def test_caught_up_only_once_the_last_batch_is_applied() -> None:
+    consumer = Recorded([[_msg("a")], "nothing"], later=[], linger=0)
+    consumer.link.nc = SimpleNamespace(is_connected=True)  # type: ignore[assignment]
+    consumer.gate = asyncio.Event()
+    seen: list[int] = []
+
+    def idle() -> None:
+        seen.append(len(consumer.batches))
+
+    consumer._idle = idle  # type: ignore[method-assign]
+    run = asyncio.create_task(consumer._consume())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert seen == []  # the wait brought nothing, but "a" is still being applied
+    consumer.gate.set()
+    await asyncio.wait_for(run, 5)
+    assert seen[0] == 1
+
+
+async def test_a_stop_while_a_batch_is_applied_cancels_it_and_stops_the_pull() -> None:
+    consumer = Recorded([[_msg("a")]], later=[], linger=0)
+    consumer.gate = asyncio.Event()  # never set: the apply hangs
+    run = asyncio.create_task(consumer._consume())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    consumer.pull.script = ["nothing"] * 1000
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 5)
+    assert consumer.pull.stopped
+    assert consumer.batches == []
 
 
 def test_the_reviews_linger_is_a_bounded_setting(monkeypatch: Any) -> None:
