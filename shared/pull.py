@@ -91,8 +91,11 @@ class ContinuousPull:
         """Unsubscribe; what arrived and was not taken is handed back to come again at once
         (rather than after the ack wait)."""
         if self._sub is not None:
+            # Drained, not just unsubscribed: messages the server sent before it saw the
+            # unsubscribe (an open request's) are still taken, then handed back below,
+            # instead of being dropped here and coming again only after the ack wait.
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await asyncio.wait_for(self._sub.drain(), 5)
             self._sub = None
         while self._messages:
             with contextlib.suppress(Exception):
