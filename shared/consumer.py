@@ -830,8 +830,8 @@ class Consumer:
             CONSUMER_LAG_EVENTS.labels(self.service, self.name, f"okr/{service}").set(0)
 
     async def _check(self, msgs: list[Msg]) -> _Batch:
-        """Parse a batch's messages (never none: the pull hands out stream messages only)
-        against the contract; those that break it are rejected."""
+        """Parse a batch's messages against the contract (there is at least one: the pull
+        hands out stream messages only); those that break it are rejected."""
         started = time.perf_counter()
         self.delivered += len(msgs)
         batch = _Batch(msgs)

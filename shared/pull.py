@@ -93,9 +93,13 @@ class ContinuousPull:
         if self._sub is not None:
             # Drained, not just unsubscribed: messages the server sent before it saw the
             # unsubscribe (an open request's) are still taken, then handed back below,
-            # instead of being dropped here and coming again only after the ack wait.
+            # instead of being dropped here and coming again only after the ack wait. Not
+            # while disconnected: the drain's round trip would wait for the server.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._sub.drain(), 5)
+                if self._nc.is_connected:
+                    await asyncio.wait_for(self._sub.drain(), 2)
+                else:
+                    await self._sub.unsubscribe()
             self._sub = None
         while self._messages:
             with contextlib.suppress(Exception):
