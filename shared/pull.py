@@ -46,10 +46,11 @@ def delivery(reply: str | None) -> tuple[int, int] | None:
     tokens = (reply or "").split(".")
     if (len(tokens) != 9 and len(tokens) < 11) or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
-    delivered, pending = (tokens[4], tokens[8]) if len(tokens) == 9 else (tokens[6], tokens[10])
-    if not (delivered.isdecimal() and pending.isdecimal()):
+    at = (4, 8) if len(tokens) == 9 else (6, 10)
+    delivered, pending = _count(tokens[at[0]]), _count(tokens[at[1]])
+    if delivered is None or pending is None:
         return None
-    return int(delivered), int(pending)
+    return delivered, pending
 
 
 class ContinuousPull:
@@ -171,6 +172,6 @@ class ContinuousPull:
 
 def _count(value: str | None) -> int | None:
     """A status's count of messages, if it carries a sound one."""
-    if value is None or not value.isdigit():
+    if value is None or not value.isdecimal():  # isdigit() lets "²" through, which int() refuses
         return None
     return int(value)
