@@ -40,14 +40,14 @@ import pydantic
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo
 from nats.js.errors import NotFoundError
 
 from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
 from shared.logs import bind
 from shared.nats import NatsLink
-from shared.pull import ContinuousPull, delivery
+from shared.pull import ContinuousPull, Delivery, delivery
 from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
 from shared.store import (
@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 MAX_DATA_BYTES = 1024 * 1024
 MAX_POLICY_ATTEMPTS = 5
 LAG_MEASURE_EVERY_S = 5.0
+# While events are owed or deliveries may have been lost, how often the server is asked how far
+# the acknowledgements have got (`Consumer._settle_doubts`).
+DOUBTS_CHECKED_EVERY_S = 0.25
 
 
 # --- the envelope ---------------------------------------------------------------------------
@@ -542,14 +545,22 @@ class ProcessInbox:
 # --- the JetStream side ---------------------------------------------------------------------
 
 
+_UNKNOWN = Delivery(1, 0, 0, 0)
+
+
+def _delivery(msg: Msg) -> Delivery:
+    """The message's delivery (the pull hands out stream messages only)."""
+    return delivery(msg.reply) or _UNKNOWN
+
+
 def _delivered(msg: Msg) -> int:
-    """Times the message was delivered (the pull hands out stream messages only)."""
-    return (delivery(msg.reply) or (1, 0))[0]
+    """Times the message was delivered."""
+    return _delivery(msg).delivered
 
 
 def _pending(msg: Msg) -> int:
     """Messages the consumer had pending after this one."""
-    return (delivery(msg.reply) or (1, 0))[1]
+    return _delivery(msg).pending
 
 
 @dataclass
@@ -603,6 +614,21 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._worker = BlockingWorker(f"{service}-{name}")
+        # Read-your-writes (`wait_for`). The positions as released to readers: the inbox's,
+        # copied once a batch's outcomes are settled here.
+        self._released: dict[str, int] = {}
+        # Events taken but not applied, handed back to come again (a failed batch, one that
+        # arrived early): per source, sequence -> stream sequence. A position at or past one
+        # of them is not reached, whatever was applied after it.
+        self._owed: dict[str, dict[int, int]] = {}
+        # Deliveries that may have been lost on the way (a gap in the consumer's delivery
+        # sequence; messages a process before this one took and did not acknowledge): no
+        # position counts as reached until the server's acknowledgement floor has passed the
+        # stream sequence delivered by then (`_doubt_mark`, None until asked).
+        self._doubtful = False
+        self._doubt_mark: int | None = None
+        self._next_delivery: int | None = None
+        self._doubts_checked = 0.0
 
     @classmethod
     def for_service(
@@ -656,6 +682,7 @@ class Consumer:
 
     async def start(self) -> None:
         await self._worker.run(self.inbox.setup)
+        self._released = dict(self.inbox.positions)
         self._task = asyncio.create_task(self.run(), name=f"{self.durable}-consumer")
 
     async def stop(self) -> None:
@@ -670,11 +697,20 @@ class Consumer:
             return 0.0
         return time.monotonic() - self.last_progress
 
+    def reached(self, source: str, sequence: int) -> bool:
+        """Whether every event of `source` up to `sequence` that this consumer will apply has
+        been applied, as far as it can know: its position is there, no event at or below it
+        is owed, and no delivery may have been lost on the way."""
+        if self._released.get(source, 0) < sequence or self._doubtful:
+            return False
+        owed = self._owed.get(source)
+        return not owed or min(owed) > sequence
+
     async def wait_for(self, source: str, sequence: int, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait (bounded) until events of `source` up to `sequence` have been applied."""
 
         def reached() -> bool:
-            return self.positions.get(source, 0) >= sequence
+            return self.reached(source, sequence)
 
         if reached():
             return True
@@ -744,9 +780,17 @@ class Consumer:
             ),
         )
         try:
-            await js.add_consumer(self.stream, config)
+            info = await js.add_consumer(self.stream, config)
         except NotFoundError as e:
             raise RuntimeError(f"stream {self.stream} not found") from e
+        delivered = info.delivered or SequenceInfo(0, 0)
+        self._next_delivery = delivered.consumer_seq + 1
+        if info.num_ack_pending:
+            # Delivered before and not acknowledged: handed back by this process (and owed),
+            # or taken by one that stopped or crashed, which nothing here knows of.
+            self._doubt(delivered.stream_seq)
+        elif self._owed:
+            self._owed.clear()  # nothing outstanding: whatever was owed was settled
         assert self.link.nc is not None  # connected: `wait` returned
         pull = ContinuousPull(self.link.nc, self.stream, self.durable, batch=self.batch_size)
         await pull.start()
@@ -782,9 +826,16 @@ class Consumer:
         GIL); batches are applied one at a time, in the order they came."""
         pull = await self._subscribe()
         applying: asyncio.Task[None] | None = None
+        checked: _Batch | None = None  # taken and checked, not yet applying
         try:
             while not self._stopping:
-                msgs = await pull.next(self.poll_interval)
+                # In doubt, look again sooner: readers wait on the doubt's end.
+                doubts = self._doubtful or bool(self._owed)
+                msgs = await pull.next(
+                    min(self.poll_interval, DOUBTS_CHECKED_EVERY_S)
+                    if doubts
+                    else self.poll_interval
+                )
                 if msgs and self.linger and len(msgs) < self.batch_size:
                     # A partial batch: let more join it, so that one commit serves them all.
                     await asyncio.sleep(self.linger)
@@ -795,18 +846,15 @@ class Consumer:
                         applying = None
                     if self.link.connected:
                         self._idle()
+                        await self._settle_doubts()
                     else:
                         self.caught_up = False
                     continue
-                batch = await self._check(msgs)
+                checked = await self._check(msgs)
                 if applying is not None:
-                    try:
-                        await applying
-                    except BaseException:
-                        # Not applied: have it come again with the one that failed.
-                        await self._give_back(batch.carriers)
-                        raise
-                applying = asyncio.create_task(self._apply(batch))
+                    await applying
+                applying, checked = asyncio.create_task(self._apply(checked)), None
+                await self._settle_doubts()
                 await self._measure_lag()
         except asyncio.CancelledError:
             if applying is not None:
@@ -817,6 +865,9 @@ class Consumer:
                 # Let a batch in flight settle its messages (its failure was handled there).
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await applying
+            if checked is not None:
+                # Not applied (the one before failed, or a stop): have it come again.
+                await self._give_back(checked)
             await pull.stop()
 
     def _idle(self) -> None:
@@ -836,8 +887,14 @@ class Consumer:
         self.delivered += len(msgs)
         batch = _Batch(msgs)
         for msg in msgs:
-            if _delivered(msg) > 1:
+            d = _delivery(msg)
+            if d.delivered > 1:
                 CONSUMER_REDELIVERED.labels(self.service, self.name).inc()
+            if self._next_delivery is not None and d.consumer > self._next_delivery:
+                # Deliveries between went astray (a connection lost with messages on their
+                # way): they come again after the ack wait, and until then none is known.
+                self._doubt(None)
+            self._next_delivery = max(self._next_delivery or 0, d.consumer + 1)
             try:
                 headers = msg.headers or {}
                 batch.events.append(parse(msg.subject, msg.data, headers.get("Nats-Msg-Id")))
@@ -847,10 +904,64 @@ class Consumer:
         batch.seconds = time.perf_counter() - started
         return batch
 
-    async def _give_back(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
+    async def _give_back(self, batch: _Batch) -> None:
+        """Have a batch that was not applied come again a little later; its events are owed
+        until then."""
+        for event, msg in zip(batch.events, batch.carriers, strict=True):
+            self._owe(event, msg)
+        for msg in batch.carriers:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
+
+    def _owe(self, event: Received, msg: Msg) -> None:
+        self._owed.setdefault(event.source, {})[event.sequence] = _delivery(msg).stream
+
+    def _paid(self, event: Received) -> None:
+        owed = self._owed.get(event.source)
+        if owed is not None and owed.pop(event.sequence, None) is not None and not owed:
+            del self._owed[event.source]
+
+    def _doubt(self, mark: int | None) -> None:
+        """Deliveries may have been lost before stream sequence `mark` (None: the server's
+        delivered sequence, asked next)."""
+        if not self._doubtful or mark is None:
+            self._doubt_mark = mark
+        elif self._doubt_mark is not None:
+            self._doubt_mark = max(self._doubt_mark, mark)
+        self._doubtful = True
+
+    async def _settle_doubts(self) -> None:
+        """While events are owed or deliveries may have been lost, ask the server (at most every
+        `DOUBTS_CHECKED_EVERY_S`) how far the acknowledgements have got: everything at or below
+        its acknowledgement floor was settled, by whichever delivery. A doubt ends once the
+        floor passes its mark (or nothing is outstanding at all); owed events the floor passed
+        (settled elsewhere, say) are owed no more."""
+        if not self._doubtful and not self._owed:
+            return
+        now = time.monotonic()
+        if now - self._doubts_checked < DOUBTS_CHECKED_EVERY_S or not self.link.connected:
+            return
+        self._doubts_checked = now
+        try:
+            js = await self.link.wait()
+            info = await js.consumer_info(self.stream, self.durable)
+        except Exception as e:  # asked again at the next batch or wait
+            log.debug("consumer %s: no consumer info: %s", self.durable, e)
+            return
+        floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
+        if self._doubtful:
+            if self._doubt_mark is None:
+                self._doubt_mark = (info.delivered or SequenceInfo(0, 0)).stream_seq
+            if not info.num_ack_pending or floor >= self._doubt_mark:
+                self._doubtful = False
+                self._doubt_mark = None
+        for source, owed in list(self._owed.items()):
+            for sequence in [q for q, at in owed.items() if at <= floor]:
+                del owed[sequence]
+            if not owed:
+                del self._owed[source]
+        async with self._advanced:
+            self._advanced.notify_all()
 
     async def _apply(self, batch: _Batch) -> None:
         """Apply a checked batch in one transaction, then settle each of its messages."""
@@ -861,9 +972,16 @@ class Consumer:
                 outcomes, invalid = await self._worker.run(self.inbox.process, events)
             except PersistenceError:
                 # Nothing was applied: have the batch come again soon, then back off.
-                await self._give_back(carriers)
+                await self._give_back(batch)
                 raise
-            # Committed: release the readers waiting for these positions before the acks.
+            # Committed. What arrived early is owed until it comes again; what was settled is
+            # owed no more. Then release the readers waiting for these positions, before the acks.
+            for event, msg, outcome in zip(events, carriers, outcomes, strict=True):
+                if outcome is Outcome.EARLY:
+                    self._owe(event, msg)
+                elif self._owed:
+                    self._paid(event)
+            self._released.update(self.inbox.positions)
             async with self._advanced:
                 self._advanced.notify_all()
             for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True)):

@@ -17,6 +17,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,21 +37,30 @@ class PullEnded(Exception):
     """The server ended the pull for good (the consumer is gone): subscribe again."""
 
 
-def delivery(reply: str | None) -> tuple[int, int] | None:
-    """How many times a stream message was delivered, and how many messages its consumer
-    still has pending, read from the message's `$JS.ACK` reply subject; None when the reply is
-    not one. `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
+class Delivery(NamedTuple):
+    """What a stream message's `$JS.ACK` reply subject says of its delivery."""
+
+    delivered: int  # times this message was delivered, this time included
+    stream: int  # its sequence in the stream
+    consumer: int  # the consumer's delivery sequence: one more for every delivery
+    pending: int  # messages the consumer still had to deliver after it
+
+
+def delivery(reply: str | None) -> Delivery | None:
+    """A stream message's delivery, read from its `$JS.ACK` reply subject; None when the reply
+    is not one. `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
     <pending>`, or with `<domain>.<account hash>` after `ACK` (11 tokens or more). nats-py's
     `Msg.metadata` reads the same and also builds a timestamp and two frozen dataclasses: a
     few microseconds per message, a tenth of a consumer's event loop in a rebuild."""
     tokens = (reply or "").split(".")
     if (len(tokens) != 9 and len(tokens) < 11) or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
-    at = (4, 8) if len(tokens) == 9 else (6, 10)
-    delivered, pending = _count(tokens[at[0]]), _count(tokens[at[1]])
-    if delivered is None or pending is None:
+    at = 4 if len(tokens) == 9 else 6
+    delivered, stream, consumer = (_count(t) for t in tokens[at : at + 3])
+    pending = _count(tokens[at + 4])
+    if delivered is None or stream is None or consumer is None or pending is None:
         return None
-    return delivered, pending
+    return Delivery(delivered, stream, consumer, pending)
 
 
 class ContinuousPull:

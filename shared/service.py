@@ -87,9 +87,11 @@ class Runtime:
         timeout = self.settings.read_wait_timeout_s
         for consumer in followers:
             if not await consumer.wait_for(f"okr/{service}", int(sequence), timeout):
+                at = consumer.positions.get(f"okr/{service}", 0)
+                behind = "" if at < int(sequence) else ", with earlier events still to come"
                 raise NotYetKnown(
                     f"This service has not yet applied {position} (it is at "
-                    f"{service}:{consumer.positions.get(f'okr/{service}', 0)}); retry shortly"
+                    f"{service}:{at}{behind}); retry shortly"
                 )
 
 

@@ -294,6 +294,25 @@ async def test_min_position_that_never_arrives_is_a_retryable_409(
     assert_problem(r, 422)
 
 
+async def test_min_position_past_an_event_still_to_come_is_a_409_that_says_so(
+    goals: RunningService, checkins: RunningService, projections: RunningService
+) -> None:
+    await plan(goals, checkins)
+    await read(projections, "/v1/audit", goals, checkins)
+    (views,) = [c for c in projections.runtime.consumers if c.name == "views"]
+    at = views.positions["okr/goals"]
+    projections.runtime.settings.read_wait_timeout_s = 0.3
+    # The first goals event was handed back, to come again (at a stream sequence past the
+    # acknowledgement floor, which is what a message still to come has).
+    views._owed = {"okr/goals": {1: 10**9}}
+    r = await projections.client.get("/v1/audit", params={"min_position": f"goals:{at}"})
+    problem = assert_problem(r, 409)
+    assert f"it is at goals:{at}, with earlier events still to come" in problem["detail"]
+    views._owed = {}
+    r = await projections.client.get("/v1/audit", params={"min_position": f"goals:{at}"})
+    assert r.status_code == 200
+
+
 async def test_metrics_show_apply_rate_and_lag_per_source(
     goals: RunningService, checkins: RunningService, projections: RunningService
 ) -> None:

@@ -92,8 +92,8 @@ class Recorded(Consumer):
         self.batches.append([m.name for m in batch.msgs])
         self.log.append(f"applied {name}")
 
-    async def _give_back(self, msgs: list[Any]) -> None:
-        self.given_back += [m.name for m in msgs]
+    async def _give_back(self, batch: _Batch) -> None:
+        self.given_back += [m.name for m in batch.carriers]
 
     async def _measure_lag(self) -> None:
         pass

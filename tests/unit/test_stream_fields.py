@@ -1,6 +1,6 @@
-"""Fields read from text on every event, by hand for speed: a stream message's delivery count
-and pending count from its `$JS.ACK` reply subject (against nats-py's own reading), and the
-views' fixed UTC time text (against `isoformat`)."""
+"""Fields read from text on every event, by hand for speed: a stream message's delivery count,
+stream and consumer sequences and pending count from its `$JS.ACK` reply subject (against
+nats-py's own reading), and the views' fixed UTC time text (against `isoformat`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ V2_SHORT = "$JS.ACK.hub.ACCHASH.OKR.projections-views.5.1042.998.176500000012345
 @pytest.mark.parametrize("reply", [V1, V2, V2_SHORT])
 def test_delivery_reads_what_nats_py_reads(reply: str) -> None:
     meta = Msg.Metadata._from_reply(reply)
-    assert delivery(reply) == (meta.num_delivered, meta.num_pending)
+    assert delivery(reply) == (
+        meta.num_delivered,
+        meta.sequence.stream,
+        meta.sequence.consumer,
+        meta.num_pending,
+    )
 
 
 @pytest.mark.parametrize(
@@ -32,6 +37,8 @@ def test_delivery_reads_what_nats_py_reads(reply: str) -> None:
         "$JS.ACK.OKR.c.1.2.3",  # too short
         "$JS.ACK.hub.ACC.OKR.c.1.2.3.4",  # ten tokens: neither form
         "$JS.ACK.OKR.c.x.2.3.4.5",  # not a count
+        "$JS.ACK.OKR.c.1.x.3.4.5",
+        "$JS.ACK.OKR.c.1.2.x.4.5",
         "$JS.ACK.OKR.c.1.2.3.4.-5",
         "$JS.NAK.OKR.c.1.2.3.4.5",
         "$XX.ACK.OKR.c.1.2.3.4.5",
