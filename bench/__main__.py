@@ -25,6 +25,7 @@ from bench import http as web
 from bench.common import Figure, Nats, Store, postgres_reachable
 from services.checkins.application import CheckinsApplication
 from services.goals.application import GoalsApplication
+from shared.collector import tune_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-artifacts" / "bench"
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print("PostgreSQL is not reachable (OKR_BENCH_DATABASE_URL): PostgreSQL figures skipped")
         stores.remove("postgres")
     parts = set(args.only.split(","))
+    # The relay and the rebuild are measured in this process: collected as the services are.
+    tune_collector()
     started = time.perf_counter()
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="okr-bench-") as folder:

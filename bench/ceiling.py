@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from services.checkins.http import CheckInCreate
 from shared.auth import Principal, SharedSecret, bearer_token
+from shared.collector import tune_collector
 from shared.http import install_error_handlers
 
 
@@ -51,8 +52,10 @@ def create_app(secret: str) -> FastAPI:
 
 
 def main() -> None:
+    app = create_app(os.environ["OKR_JWT_SECRET"])
+    tune_collector()  # as the services' processes do: the ceiling runs as they run
     uvicorn.run(
-        create_app(os.environ["OKR_JWT_SECRET"]),
+        app,
         host="127.0.0.1",
         port=int(os.environ["OKR_BENCH_CEILING_PORT"]),
         loop="uvloop",

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
+from shared.collector import tune_collector
 from shared.logs import configure
 from shared.settings import ServiceSettings
 
@@ -17,8 +18,10 @@ S = TypeVar("S", bound=ServiceSettings)
 def serve(settings_class: type[S], create_app: Callable[[Any], FastAPI]) -> None:
     settings = settings_class()
     configure(settings.service, fmt=settings.log_format, level=settings.log_level)
+    app = create_app(settings)
+    tune_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

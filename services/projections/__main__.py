@@ -9,6 +9,7 @@ import sys
 
 from services.projections.main import ProjectionsApplication, ProjectionsSettings, create_app
 from services.projections.rebuild import rebuild
+from shared.collector import tune_collector
 from shared.serve import serve
 from shared.sql import Database
 from shared.store import store_env
@@ -17,6 +18,7 @@ from shared.store import store_env
 def _rebuild() -> None:
     settings = ProjectionsSettings()
     app = ProjectionsApplication(store_env(settings))
+    tune_collector()
     try:
         generation = asyncio.run(rebuild(settings, Database(app)))
     finally:
