@@ -1,5 +1,5 @@
 """Read-your-writes holds across gaps: a position counts as reached only once every event up to
-it has been applied, not when a later one has. Three ways a later event gets applied before an
+it has been applied, not when a later one has. Four ways a later event gets applied before an
 earlier one, each through the real consumer, a real NATS server and both stores:
 
 - the store fails under a batch, which comes again a second later while the batches behind
@@ -16,11 +16,7 @@ and checks that whenever it does, the event is in the store; and that the gap wa
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
@@ -28,106 +24,19 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.projections.main import ProjectionsApplication, ProjectionsSettings
-from shared.consumer import Consumer, Inbox
-from shared.nats import NatsLink
 from shared.pull import ContinuousPull, delivery
-from shared.sql import Database
-from shared.store import store_env
-from tests.integration.test_consumer_store_failure import FailsOnce
+from tests.integration.consumers import SOURCE, goals_events, publish, running
 from tests.integration.test_contract_consumers import SCHEDULED, envelope
-from tests.support import SECRET, NatsServer
+from tests.support import NatsServer
 
-SOURCE = "okr/goals"
 DURABLE = "projections-gaps"
-
-
-async def _publish(url: str, bodies: Sequence[dict[str, Any]]) -> None:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        for body in bodies:
-            await js.publish(
-                "okr.goals.cycle.scheduled",
-                json.dumps(body).encode(),
-                stream="OKR",
-                headers={"Nats-Msg-Id": f"{SOURCE}:{body['sequence']}"},
-            )
-    finally:
-        await nc.close()
-
-
-def _bodies(count: int) -> list[dict[str, Any]]:
-    return [envelope("okr.goals.cycle.scheduled", SCHEDULED, n) for n in range(1, count + 1)]
-
-
-class Running:
-    def __init__(self, consumer: Consumer, db: Database, projector: FailsOnce) -> None:
-        self.consumer = consumer
-        self.db = db
-        self.projector = projector
-
-    def seen(self) -> set[str]:
-        with self.db.transaction(commit=False) as tx:
-            return {r["id"] for r in tx.execute("SELECT id FROM {t}seen").fetchall()}
-
-    async def watch(self, bodies: list[dict[str, Any]], sequence: int, seconds: float) -> bool:
-        """Sample until every body is applied: whenever `sequence` counts as reached, every
-        event up to it must be in the store. Whether the gap was seen open: the consumer past
-        `sequence` while an event up to it was still missing."""
-        wanted = [b["id"] for b in bodies if b["sequence"] <= sequence]
-        everything = {b["id"] for b in bodies}
-        gap_seen = False
-        started = time.monotonic()
-        while True:
-            position = self.consumer.positions.get(SOURCE, 0)
-            reached = await self.consumer.wait_for(SOURCE, sequence, 0)
-            seen = await asyncio.to_thread(self.seen)
-            missing = [i for i in wanted if i not in seen]
-            assert not (reached and missing), f"{sequence} counted as reached, {missing} missing"
-            gap_seen = gap_seen or (position >= sequence and bool(missing))
-            if everything <= seen and reached:
-                return gap_seen
-            assert time.monotonic() - started < seconds, f"{len(everything - seen)} not applied"
-            await asyncio.sleep(0.01)
-
-
-@asynccontextmanager
-async def running(
-    store: dict[str, Any], url: str, *, fail_from: int = 10**9, batch: int = 10
-) -> AsyncIterator[Running]:
-    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
-    app = ProjectionsApplication(env=store_env(settings))
-    link = NatsLink(url, "gaps")
-    db = Database(app)
-    projector = FailsOnce(db.postgres, fail_from=fail_from)
-    consumer = Consumer(
-        "projections",
-        "gaps",
-        link,
-        Inbox(db, "gaps", projector),
-        stream="OKR",
-        subjects=["okr.goals.>"],
-        batch_size=batch,
-        ack_wait=2,
-        poll_interval=0.2,
-        early_delay=0.5,
-    )
-    await link.start()
-    await consumer.start()
-    try:
-        yield Running(consumer, db, projector)
-    finally:
-        await consumer.stop()
-        await link.close()
-        app.close()
 
 
 async def test_a_position_past_a_batch_the_store_failed_under_waits_for_it(
     store: dict[str, Any], nats_server: NatsServer
 ) -> None:
-    bodies = _bodies(60)
-    await _publish(nats_server.url, bodies)
+    bodies = goals_events(60)
+    await publish(nats_server.url, bodies)
     # The store fails under the batch holding 25; that one and the one checked behind it
     # come again a second later, after the two batches behind them were applied.
     async with running(store, nats_server.url, fail_from=25) as run:
@@ -147,7 +56,7 @@ async def test_a_position_past_an_early_event_waits_for_it(
     second.update(subject=aggregate, aggregateversion=2)
     first.update(subject=aggregate)
     bodies = [second, envelope("okr.goals.cycle.scheduled", SCHEDULED, 2), first]
-    await _publish(nats_server.url, bodies)
+    await publish(nats_server.url, bodies)
     async with running(store, nats_server.url) as run:
         assert await run.watch(bodies, 2, 20)
 
@@ -155,8 +64,8 @@ async def test_a_position_past_an_early_event_waits_for_it(
 async def test_messages_a_stopped_process_held_hold_positions_until_they_come_again(
     store: dict[str, Any], nats_server: NatsServer
 ) -> None:
-    bodies = _bodies(20)
-    await _publish(nats_server.url, bodies)
+    bodies = goals_events(20)
+    await publish(nats_server.url, bodies)
     # A process took the first five and went away without acknowledging them: the server
     # hands them out again only once the ack wait (2 s) is over.
     nc = await nats.connect(nats_server.url)
@@ -182,7 +91,7 @@ async def test_messages_a_stopped_process_held_hold_positions_until_they_come_ag
 async def test_messages_lost_on_their_way_hold_positions_until_they_come_again(
     store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bodies = _bodies(20)
+    bodies = goals_events(20)
     arrived = ContinuousPull._arrived
     lost: list[int] = []
 
@@ -196,7 +105,7 @@ async def test_messages_lost_on_their_way_hold_positions_until_they_come_again(
     monkeypatch.setattr(ContinuousPull, "_arrived", loses_some)
     async with running(store, nats_server.url) as run:
         await asyncio.sleep(0.3)  # subscribed, with a pull request waiting
-        await _publish(nats_server.url, bodies)
+        await publish(nats_server.url, bodies)
         assert await run.watch(bodies, 20, 20)
         assert lost == [4, 5, 6]
 
@@ -204,8 +113,8 @@ async def test_messages_lost_on_their_way_hold_positions_until_they_come_again(
 async def test_without_gaps_positions_are_reached_as_they_are_applied(
     store: dict[str, Any], nats_server: NatsServer
 ) -> None:
-    bodies = _bodies(30)
-    await _publish(nats_server.url, bodies)
+    bodies = goals_events(30)
+    await publish(nats_server.url, bodies)
     async with running(store, nats_server.url) as run:
         assert await run.consumer.wait_for(SOURCE, 30, 5)
         assert {b["id"] for b in bodies} <= await asyncio.to_thread(run.seen)

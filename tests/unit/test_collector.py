@@ -27,7 +27,12 @@ def test_a_service_is_served_with_the_collector_tuned(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OKR_")}
     env |= {"OKR_JWT_SECRET": SECRET, "OKR_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     *threshold, frozen, _title = out.stdout.split(maxsplit=4)

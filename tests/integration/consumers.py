@@ -1,0 +1,146 @@
+"""What the consumer tests through a real NATS server share: goals events published with their
+`Nats-Msg-Id`, and a projections consumer applying them through a projector that records what
+it applied and can make the store fail once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+
+from services.projections.main import ProjectionsApplication, ProjectionsSettings
+from shared.consumer import Consumer, Inbox, Received
+from shared.nats import NatsLink
+from shared.sql import Database, Tx
+from shared.store import store_env
+from tests.integration.test_contract_consumers import SCHEDULED, envelope
+from tests.support import SECRET
+
+SOURCE = "okr/goals"
+
+
+class FailsOnce:
+    """Records what it applies; the first time, the store fails under it."""
+
+    def __init__(self, postgres: bool, fail_from: int = 1) -> None:
+        self.postgres = postgres
+        self.fail_from = fail_from  # the first event at or past this sequence fails
+        self.failed = False
+
+    def tables(self) -> Sequence[str]:
+        return ["CREATE TABLE IF NOT EXISTS {t}seen (id TEXT PRIMARY KEY)"]
+
+    def load(self, tx: Tx) -> None:
+        pass
+
+    def flush(self, tx: Tx) -> None:
+        pass
+
+    def committed(self) -> None:
+        pass
+
+    def rolled_back(self) -> None:
+        pass
+
+    def apply(self, tx: Tx, event: Received) -> None:
+        if not self.failed and event.sequence >= self.fail_from:
+            self.failed = True
+            if self.postgres:
+                tx.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            else:
+                tx.execute("SELECT * FROM {t}no_such_table")
+        tx.execute("INSERT INTO {t}seen (id) VALUES (?)", (event.id,))
+
+
+async def publish(url: str, bodies: Sequence[dict[str, Any]]) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for body in bodies:
+            await js.publish(
+                "okr.goals.cycle.scheduled",
+                json.dumps(body).encode(),
+                stream="OKR",
+                headers={"Nats-Msg-Id": f"{SOURCE}:{body['sequence']}"},
+            )
+    finally:
+        await nc.close()
+
+
+def goals_events(count: int) -> list[dict[str, Any]]:
+    return [envelope("okr.goals.cycle.scheduled", SCHEDULED, n) for n in range(1, count + 1)]
+
+
+class Running:
+    def __init__(self, consumer: Consumer, db: Database, projector: FailsOnce) -> None:
+        self.consumer = consumer
+        self.db = db
+        self.projector = projector
+
+    def seen(self) -> set[str]:
+        with self.db.transaction(commit=False) as tx:
+            return {r["id"] for r in tx.execute("SELECT id FROM {t}seen").fetchall()}
+
+    async def watch(self, bodies: list[dict[str, Any]], sequence: int, seconds: float) -> bool:
+        """Sample until every body is applied: whenever `sequence` counts as reached, every
+        event up to it must be in the store. Whether the gap was seen open: the consumer past
+        `sequence` while an event up to it was still missing."""
+        wanted = [b["id"] for b in bodies if b["sequence"] <= sequence]
+        everything = {b["id"] for b in bodies}
+        gap_seen = False
+        started = time.monotonic()
+        while True:
+            position = self.consumer.positions.get(SOURCE, 0)
+            reached = await self.consumer.wait_for(SOURCE, sequence, 0)
+            seen = await asyncio.to_thread(self.seen)
+            missing = [i for i in wanted if i not in seen]
+            assert not (reached and missing), f"{sequence} counted as reached, {missing} missing"
+            gap_seen = gap_seen or (position >= sequence and bool(missing))
+            if everything <= seen and reached:
+                return gap_seen
+            assert time.monotonic() - started < seconds, f"{len(everything - seen)} not applied"
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(
+    store: dict[str, Any],
+    url: str,
+    *,
+    name: str = "gaps",
+    fail_from: int = 10**9,
+    batch: int = 10,
+    ack_wait: float = 2,
+) -> AsyncIterator[Running]:
+    """A projections consumer `projections-<name>` on the goals events, applying through a
+    `FailsOnce` (failing from `fail_from` on), started and, on leaving, stopped."""
+    settings = ProjectionsSettings(jwt_secret=SECRET, **store)
+    app = ProjectionsApplication(env=store_env(settings))
+    link = NatsLink(url, name)
+    db = Database(app)
+    projector = FailsOnce(db.postgres, fail_from=fail_from)
+    consumer = Consumer(
+        "projections",
+        name,
+        link,
+        Inbox(db, name, projector),
+        stream="OKR",
+        subjects=["okr.goals.>"],
+        batch_size=batch,
+        ack_wait=ack_wait,
+        poll_interval=0.2,
+        early_delay=0.5,
+    )
+    await link.start()
+    await consumer.start()
+    try:
+        yield Running(consumer, db, projector)
+    finally:
+        await consumer.stop()
+        await link.close()
+        app.close()
