@@ -40,7 +40,8 @@ import pydantic
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg, SequenceInfo
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from shared.contract.events import UnknownEventType, check_data
@@ -81,6 +82,12 @@ LAG_MEASURE_EVERY_S = 5.0
 # While events are owed or deliveries may have been lost, how often the server is asked how far
 # the acknowledgements have got (`Consumer._settle_doubts`).
 DOUBTS_CHECKED_EVERY_S = 0.25
+# Subscribing with messages delivered and not acknowledged (a process before this one crashed
+# with them), the consumer reads the stream itself from the acknowledgement floor up to the last
+# delivered message and applies what it finds (`Consumer._recover`), rather than wait out the
+# ack wait for them: at most this many stream messages, this many at a time.
+RECOVER_AT_MOST = 4096
+RECOVER_CHUNK = 64
 
 
 # --- the envelope ---------------------------------------------------------------------------
@@ -548,6 +555,18 @@ class ProcessInbox:
 _UNKNOWN = Delivery(1, 0, 0, 0)
 
 
+def subject_matches(subject: str, pattern: str) -> bool:
+    """Whether a NATS subject matches a filter (`*`: one token, `>`: one or more at the end)."""
+    tokens = subject.split(".")
+    wanted = pattern.split(".")
+    for i, w in enumerate(wanted):
+        if w == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (w != "*" and w != tokens[i]):
+            return False
+    return len(tokens) == len(wanted)
+
+
 def _delivery(msg: Msg) -> Delivery:
     """The message's delivery (the pull hands out stream messages only)."""
     return delivery(msg.reply) or _UNKNOWN
@@ -624,8 +643,9 @@ class Consumer:
         # Deliveries that may have been lost on the way (a gap in the consumer's delivery
         # sequence; messages a process before this one took and did not acknowledge): no
         # position counts as reached until the server's acknowledgement floor has passed the
-        # stream sequence delivered by then (`_doubt_mark`, None until asked).
-        self._doubtful = False
+        # stream sequence delivered by then (`_doubt_mark`, None until asked). Until the first
+        # subscription has shown what is outstanding, nothing is known.
+        self._doubtful = True
         self._doubt_mark: int | None = None
         self._next_delivery: int | None = None
         self._doubts_checked = 0.0
@@ -786,15 +806,101 @@ class Consumer:
         delivered = info.delivered or SequenceInfo(0, 0)
         self._next_delivery = delivered.consumer_seq + 1
         if info.num_ack_pending:
-            # Delivered before and not acknowledged: handed back by this process (and owed),
-            # or taken by one that stopped or crashed, which nothing here knows of.
-            self._doubt(delivered.stream_seq)
-        elif self._owed:
-            self._owed.clear()  # nothing outstanding: whatever was owed was settled
+            # Delivered before and not acknowledged: handed back by this process, or taken by
+            # one that stopped or crashed. They come again only after the ack wait; apply them
+            # now from the stream, or, if that cannot be done, doubt until they are in.
+            self._doubtful, self._doubt_mark = True, delivered.stream_seq
+            floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
+            if await self._recover(js, floor, delivered.stream_seq):
+                self._doubtful, self._doubt_mark = False, None
+        else:
+            # Nothing outstanding: whatever was owed or lost on the way was settled.
+            self._doubtful, self._doubt_mark = False, None
+            self._owed.clear()
+        async with self._advanced:
+            self._advanced.notify_all()  # readers waiting on what was not known until now
         assert self.link.nc is not None  # connected: `wait` returned
         pull = ContinuousPull(self.link.nc, self.stream, self.durable, batch=self.batch_size)
         await pull.start()
         return pull
+
+    async def _recover(self, js: JetStreamContext, floor: int, top: int) -> bool:
+        """Read the stream messages after the acknowledgement floor `floor` up to the last
+        delivered one `top` that this consumer takes, and apply them in stream order, as a
+        batch would be. What was applied already is a duplicate and changes nothing; when the
+        server hands the messages out again after the ack wait, each is a duplicate then. An
+        early one is owed until it comes again. Whether every message was read: if not (too
+        many, or NATS did not answer), readers cannot know what is missing."""
+        if top - floor > RECOVER_AT_MOST:
+            log.warning(
+                "consumer %s: %d stream messages past the acknowledgement floor, too many to "
+                "read back; the unacknowledged ones come again after the ack wait",
+                self.durable,
+                top - floor,
+            )
+            return False
+        early: list[tuple[Received, int]] = []
+        for start in range(floor + 1, top + 1, RECOVER_CHUNK):
+            sequences = range(start, min(start + RECOVER_CHUNK, top + 1))
+            try:
+                stored = await asyncio.gather(*(self._stored(js, q) for q in sequences))
+            except Exception as e:  # not answered: the doubt covers it
+                log.warning(
+                    "consumer %s: could not read the stream to recover: %s", self.durable, e
+                )
+                return False
+            events: list[Received] = []
+            at: list[int] = []
+            for sequence, msg in zip(sequences, stored, strict=True):
+                subject = msg.subject if msg is not None else None
+                if msg is None or subject is None or not self._takes(subject):
+                    continue
+                try:
+                    headers = msg.headers or {}
+                    events.append(parse(subject, msg.data or b"", headers.get("Nats-Msg-Id")))
+                except InvalidMessage:
+                    continue  # rejected when it comes again
+                at.append(sequence)
+            early.extend(await self._apply_recovered(events, at))
+        if early:
+            # Their predecessors came later in the stream, and are in now.
+            await self._apply_recovered([e for e, _ in early], [q for _, q in early])
+        self._released.update(self.inbox.positions)
+        return True
+
+    async def _apply_recovered(
+        self, events: list[Received], at: list[int]
+    ) -> list[tuple[Received, int]]:
+        """Apply events read from the stream at stream sequences `at`; the early ones, owed."""
+        if not events:
+            return []
+        outcomes, _invalid = await self._worker.run(self.inbox.process, events)
+        early: list[tuple[Received, int]] = []
+        for event, sequence, outcome in zip(events, at, outcomes, strict=True):
+            if outcome is Outcome.EARLY:
+                self._owed.setdefault(event.source, {})[event.sequence] = sequence
+                early.append((event, sequence))
+            elif self._owed:
+                self._paid(event)
+        applied = outcomes.count(Outcome.APPLIED)
+        CONSUMER_APPLIED.labels(self.service, self.name).inc(applied)
+        log.info(
+            "consumer %s: applied %d of %d unacknowledged events read from the stream",
+            self.durable,
+            applied,
+            len(events),
+        )
+        return early
+
+    async def _stored(self, js: JetStreamContext, sequence: int) -> RawStreamMsg | None:
+        try:
+            return await js.get_msg(self.stream, sequence)
+        except NotFoundError:
+            return None  # deleted (or past the stream's limits): nothing to apply
+
+    def _takes(self, subject: str) -> bool:
+        """Whether the consumer's subject filters take a message on `subject`."""
+        return any(subject_matches(subject, f) for f in self.subjects)
 
     def followed_services(self) -> list[str]:
         return [s for s in DEFAULT_PORTS if self.follows(s)]

@@ -430,8 +430,9 @@ async def test_events_handed_back_after_being_applied_change_no_view(system: Sys
 
 async def test_consumers_restarted_before_acknowledging_change_no_view(system: System) -> None:
     """The consumers of checkins, reviews and projections commit each batch and never
-    acknowledge it; then their services restart on the same stores. JetStream redelivers
-    everything unacknowledged to the new processes, which recognise it."""
+    acknowledge it; then their services restart on the same stores. The new processes read
+    what is unacknowledged back from the stream at once, and JetStream redelivers it to them
+    after the ack wait: each time it is recognised."""
     await settle(system.services)
     restarted = ("checkins", "reviews", "projections")
     for name in restarted:
@@ -468,7 +469,8 @@ async def test_consumers_restarted_before_acknowledging_change_no_view(system: S
     record(
         "duplicates",
         "checkins, reviews and projections restarted with applied, unacknowledged events",
-        "redelivered to the new processes (after the ack wait) and recognised; views unchanged",
+        "read back from the stream by the new processes, then redelivered (after the ack wait);"
+        " recognised each time; views unchanged",
         messages=sum(unacknowledged.values()),
         dropped_by_jetstream=0,
         **figures(grew),

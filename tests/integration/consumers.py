@@ -31,6 +31,8 @@ class FailsOnce:
         self.postgres = postgres
         self.fail_from = fail_from  # the first event at or past this sequence fails
         self.failed = False
+        self.applied: list[str] = []  # the ids of the events committed, in order
+        self._staged: list[str] = []
 
     def tables(self) -> Sequence[str]:
         return ["CREATE TABLE IF NOT EXISTS {t}seen (id TEXT PRIMARY KEY)"]
@@ -42,10 +44,11 @@ class FailsOnce:
         pass
 
     def committed(self) -> None:
-        pass
+        self.applied += self._staged
+        self._staged = []
 
     def rolled_back(self) -> None:
-        pass
+        self._staged = []
 
     def apply(self, tx: Tx, event: Received) -> None:
         if not self.failed and event.sequence >= self.fail_from:
@@ -55,6 +58,7 @@ class FailsOnce:
             else:
                 tx.execute("SELECT * FROM {t}no_such_table")
         tx.execute("INSERT INTO {t}seen (id) VALUES (?)", (event.id,))
+        self._staged.append(event.id)
 
 
 async def publish(url: str, bodies: Sequence[dict[str, Any]]) -> None:

@@ -2,16 +2,18 @@
 it has been applied, not when a later one has. Four ways a later event gets applied before an
 earlier one, each through the real consumer, a real NATS server and both stores:
 
-- the store fails under a batch, which comes again a second later while the batches behind
-  it are applied;
+- the store fails under a batch, which is handed back to come again a second later; the
+  consumer subscribes again and reads it back from the stream first;
 - an event arrives before its aggregate's predecessor and is handed back (early);
 - a process took messages and stopped without acknowledging them (a crash): they come again
-  only after the ack wait, while the next process applies what followed them;
+  only after the ack wait, so the next process reads them from the stream itself and applies
+  them first; when it cannot (too many), it applies what followed them and doubts meanwhile;
 - messages are lost on their way to the consumer (a connection dropped under them): they too
   come again only after the ack wait, and nothing tells which they were.
 
 Each test samples, while the gap is open, whether `wait_for` says the position is reached,
-and checks that whenever it does, the event is in the store; and that the gap was seen open."""
+and checks that whenever it does, the event is in the store; and, where the gap stays open
+until the messages come again, that it was seen open."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from shared import consumer as consumer_module
+from shared.consumer import Consumer
 from shared.pull import ContinuousPull, delivery
 from tests.integration.consumers import SOURCE, goals_events, publish, running
 from tests.integration.test_contract_consumers import SCHEDULED, envelope
@@ -37,12 +41,13 @@ async def test_a_position_past_a_batch_the_store_failed_under_waits_for_it(
 ) -> None:
     bodies = goals_events(60)
     await publish(nats_server.url, bodies)
-    # The store fails under the batch holding 25; that one and the one checked behind it
-    # come again a second later, after the two batches behind them were applied.
+    # The store fails under the batch holding 25; that one and the one checked behind it are
+    # handed back, owed until they are in again.
     async with running(store, nats_server.url, fail_from=25) as run:
-        assert await run.watch(bodies, 30, 20)
+        await run.watch(bodies, 30, 20)
         assert run.projector.failed
         assert await run.consumer.wait_for(SOURCE, 60, 5)
+        assert run.projector.applied == [b["id"] for b in bodies]  # each once, in order
 
 
 async def test_a_position_past_an_early_event_waits_for_it(
@@ -61,29 +66,83 @@ async def test_a_position_past_an_early_event_waits_for_it(
         assert await run.watch(bodies, 2, 20)
 
 
-async def test_messages_a_stopped_process_held_hold_positions_until_they_come_again(
-    store: dict[str, Any], nats_server: NatsServer
-) -> None:
-    bodies = goals_events(20)
-    await publish(nats_server.url, bodies)
-    # A process took the first five and went away without acknowledging them: the server
-    # hands them out again only once the ack wait (2 s) is over.
-    nc = await nats.connect(nats_server.url)
+async def _crash_holding(url: str, count: int, ack_wait: float) -> None:
+    """A process takes the first `count` messages and goes away without acknowledging them:
+    the server hands them out again only once the ack wait is over."""
+    nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         config = ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=2,
+            ack_wait=ack_wait,
             max_ack_pending=1000,
             filter_subject="okr.goals.>",
         )
         await js.add_consumer("OKR", config)
-        taken = await (await js.pull_subscribe_bind(DURABLE, "OKR")).fetch(5, timeout=5)
-        assert len(taken) == 5
+        taken = await (await js.pull_subscribe_bind(DURABLE, "OKR")).fetch(count, timeout=5)
+        assert len(taken) == count
     finally:
         await nc.close()
+
+
+async def _unacknowledged(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().consumer_info("OKR", DURABLE)).num_ack_pending
+    finally:
+        await nc.close()
+
+
+async def test_messages_a_crashed_process_held_are_read_from_the_stream_at_start(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    bodies = goals_events(20)
+    await publish(nats_server.url, bodies)
+    await _crash_holding(nats_server.url, 5, ack_wait=30)
+    async with running(store, nats_server.url, ack_wait=30) as run:
+        # Applied in order well before the ack wait is over, each once: the five while the
+        # server still holds them for the process that crashed.
+        assert not await run.watch(bodies, 20, 5)
+        assert run.projector.applied == [b["id"] for b in bodies]
+        assert await _unacknowledged(nats_server.url) == 5
+
+
+async def test_messages_applied_but_not_acknowledged_before_a_crash_change_nothing_twice(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = goals_events(20)
+    await publish(nats_server.url, bodies)
+
+    async def crashes_before_acknowledging(consumer: Consumer, msg: Msg) -> None:
+        pass
+
+    with monkeypatch.context() as m:
+        m.setattr(Consumer, "acknowledge", crashes_before_acknowledging)
+        async with running(store, nats_server.url, ack_wait=30) as run:
+            assert await run.consumer.wait_for(SOURCE, 20, 5)
+    assert await _unacknowledged(nats_server.url) == 20
+    async with running(store, nats_server.url, ack_wait=30) as run:
+        # Every one read again from the stream is a duplicate: nothing applied, and once
+        # subscribed, all reached (not only after the ack wait).
+        for _ in range(500):
+            if run.consumer.caught_up:
+                break
+            await asyncio.sleep(0.01)
+        assert run.consumer.caught_up
+        assert run.consumer.reached(SOURCE, 20)
+        assert run.projector.applied == []
+        assert {b["id"] for b in bodies} == await asyncio.to_thread(run.seen)
+
+
+async def test_too_many_messages_a_crashed_process_held_hold_positions_until_they_come_again(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "RECOVER_AT_MOST", 4)
+    bodies = goals_events(20)
+    await publish(nats_server.url, bodies)
+    await _crash_holding(nats_server.url, 5, ack_wait=2)
     async with running(store, nats_server.url) as run:
         assert await run.watch(bodies, 20, 20)
 
@@ -118,3 +177,16 @@ async def test_without_gaps_positions_are_reached_as_they_are_applied(
     async with running(store, nats_server.url) as run:
         assert await run.consumer.wait_for(SOURCE, 30, 5)
         assert {b["id"] for b in bodies} <= await asyncio.to_thread(run.seen)
+
+
+async def test_after_a_clean_restart_positions_already_applied_are_reached_at_once(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    bodies = goals_events(20)
+    await publish(nats_server.url, bodies)
+    async with running(store, nats_server.url) as run:
+        assert await run.consumer.wait_for(SOURCE, 20, 5)
+    async with running(store, nats_server.url) as run:
+        # Asked before the consumer has subscribed: answered once it has, nothing arriving.
+        assert not run.consumer.reached(SOURCE, 20)
+        assert await run.consumer.wait_for(SOURCE, 20, 2)

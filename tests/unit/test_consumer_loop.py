@@ -75,6 +75,7 @@ class Recorded(Consumer):
         self.given_back: list[str] = []
 
     async def _subscribe(self) -> Any:
+        self._doubtful = False  # as subscribing with nothing outstanding
         return self.pull
 
     async def _check(self, msgs: list[Any]) -> _Batch:

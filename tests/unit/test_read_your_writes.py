@@ -9,7 +9,7 @@ from typing import Any
 
 from nats.js.api import SequenceInfo
 
-from shared.consumer import Consumer
+from shared.consumer import Consumer, subject_matches
 
 SOURCE = "okr/goals"
 
@@ -40,7 +40,27 @@ def _consumer(server: Server) -> Consumer:
     inbox: Any = None
     consumer = Consumer("test", "ryw", link, inbox, stream="OKR", subjects=["okr.goals.>"])
     consumer._released = {SOURCE: 50}
+    consumer._doubtful = False  # as after subscribing with nothing outstanding
     return consumer
+
+
+def test_nothing_is_reached_before_the_first_subscription_shows_what_is_outstanding() -> None:
+    link: Any = SimpleNamespace(connected=True)
+    consumer = Consumer("test", "ryw", link, None, stream="OKR", subjects=["okr.goals.>"])  # type: ignore[arg-type]
+    consumer._released = {SOURCE: 50}  # as the store has it
+    assert not consumer.reached(SOURCE, 1)
+
+
+def test_subjects_match_filters_as_nats_does() -> None:
+    assert subject_matches("okr.goals.cycle.scheduled", "okr.goals.>")
+    assert subject_matches("okr.goals.cycle.scheduled", "okr.>")
+    assert subject_matches("okr.goals.cycle.scheduled", "okr.*.cycle.scheduled")
+    assert subject_matches("okr.goals.cycle.scheduled", "okr.goals.cycle.scheduled")
+    assert not subject_matches("okr.goals", "okr.goals.>")  # `>` takes one token at least
+    assert not subject_matches("okr.checkins.check_in.recorded", "okr.goals.>")
+    assert not subject_matches("okr.goals.cycle", "okr.goals.cycle.scheduled")
+    assert not subject_matches("okr.goals.cycle.scheduled.x", "okr.goals.cycle.scheduled")
+    assert not subject_matches("okr.goals.cycle.scheduled", "okr.*.cycle")
 
 
 async def _ask(consumer: Consumer) -> None:
