@@ -649,6 +649,7 @@ class Consumer:
         self._doubt_mark: int | None = None
         self._next_delivery: int | None = None
         self._doubts_checked = 0.0
+        self._lost = False  # deliveries went astray since the last look
 
     @classmethod
     def for_service(
@@ -824,6 +825,23 @@ class Consumer:
         await pull.start()
         return pull
 
+    async def _recover_lost(self) -> None:
+        """Deliveries went astray: read back from the stream what is unacknowledged, rather
+        than wait for it to come again after the ack wait. Nothing may be applying."""
+        self._lost = False
+        try:
+            js = await self.link.wait()
+            info = await js.consumer_info(self.stream, self.durable)
+        except Exception as e:  # the doubt stays, settled by the acknowledgement floor
+            log.debug("consumer %s: no consumer info: %s", self.durable, e)
+            return
+        floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
+        top = (info.delivered or SequenceInfo(0, 0)).stream_seq
+        if not info.num_ack_pending or await self._recover(js, floor, top):
+            self._doubtful, self._doubt_mark = False, None
+            async with self._advanced:
+                self._advanced.notify_all()
+
     async def _recover(self, js: JetStreamContext, floor: int, top: int) -> bool:
         """Read the stream messages after the acknowledgement floor `floor` up to the last
         delivered one `top` that this consumer takes, and apply them in stream order, as a
@@ -959,6 +977,9 @@ class Consumer:
                 checked = await self._check(msgs)
                 if applying is not None:
                     await applying
+                    applying = None
+                if self._lost:
+                    await self._recover_lost()
                 applying, checked = asyncio.create_task(self._apply(checked)), None
                 await self._settle_doubts()
                 await self._measure_lag()
@@ -998,8 +1019,10 @@ class Consumer:
                 CONSUMER_REDELIVERED.labels(self.service, self.name).inc()
             if self._next_delivery is not None and d.consumer > self._next_delivery:
                 # Deliveries between went astray (a connection lost with messages on their
-                # way): they come again after the ack wait, and until then none is known.
+                # way): they come again after the ack wait, and until then none is known, or
+                # they are read back from the stream before this batch is applied.
                 self._doubt(None)
+                self._lost = True
             self._next_delivery = max(self._next_delivery or 0, d.consumer + 1)
             try:
                 headers = msg.headers or {}

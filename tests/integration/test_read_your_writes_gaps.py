@@ -9,7 +9,9 @@ earlier one, each through the real consumer, a real NATS server and both stores:
   only after the ack wait, so the next process reads them from the stream itself and applies
   them first; when it cannot (too many), it applies what followed them and doubts meanwhile;
 - messages are lost on their way to the consumer (a connection dropped under them): they too
-  come again only after the ack wait, and nothing tells which they were.
+  come again only after the ack wait, and nothing tells which they were, so the consumer
+  reads back from the stream what is unacknowledged once it sees the gap; when it cannot (too
+  many), it doubts every position until they are in.
 
 Each test samples, while the gap is open, whether `wait_for` says the position is reached,
 and checks that whenever it does, the event is in the store; and, where the gap stays open
@@ -147,21 +149,44 @@ async def test_too_many_messages_a_crashed_process_held_hold_positions_until_the
         assert await run.watch(bodies, 20, 20)
 
 
-async def test_messages_lost_on_their_way_hold_positions_until_they_come_again(
-    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bodies = goals_events(20)
+def _losing_some(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Messages 4 to 6 are lost on their first way to the consumer, as if the connection had
+    dropped under them; the list collects them."""
     arrived = ContinuousPull._arrived
     lost: list[int] = []
 
     async def loses_some(pull: ContinuousPull, msg: Msg) -> None:
         d = delivery(msg.reply)
         if d is not None and d.delivered == 1 and 4 <= d.stream <= 6:
-            lost.append(d.stream)  # as if the connection had dropped under them
+            lost.append(d.stream)
             return
         await arrived(pull, msg)
 
     monkeypatch.setattr(ContinuousPull, "_arrived", loses_some)
+    return lost
+
+
+async def test_messages_lost_on_their_way_are_read_back_from_the_stream(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = goals_events(20)
+    lost = _losing_some(monkeypatch)
+    async with running(store, nats_server.url, ack_wait=30) as run:
+        await asyncio.sleep(0.3)  # subscribed, with a pull request waiting
+        await publish(nats_server.url, bodies)
+        # Read back once the gap shows, before the batch that showed it is applied; not
+        # after the ack wait.
+        assert not await run.watch(bodies, 20, 5)
+        assert lost == [4, 5, 6]
+        assert run.projector.applied == [b["id"] for b in bodies]
+
+
+async def test_too_many_messages_lost_on_their_way_hold_positions_until_they_come_again(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "RECOVER_AT_MOST", 2)
+    bodies = goals_events(20)
+    lost = _losing_some(monkeypatch)
     async with running(store, nats_server.url) as run:
         await asyncio.sleep(0.3)  # subscribed, with a pull request waiting
         await publish(nats_server.url, bodies)
