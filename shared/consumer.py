@@ -858,6 +858,7 @@ class Consumer:
             )
             return False
         early: list[tuple[Received, int]] = []
+        read = applied = 0
         for start in range(floor + 1, top + 1, RECOVER_CHUNK):
             sequences = range(start, min(start + RECOVER_CHUNK, top + 1))
             try:
@@ -879,21 +880,36 @@ class Consumer:
                 except InvalidMessage:
                     continue  # rejected when it comes again
                 at.append(sequence)
-            early.extend(await self._apply_recovered(events, at))
+            read += len(events)
+            applied += await self._apply_recovered(events, at, early)
         if early:
-            # Their predecessors came later in the stream, and are in now.
-            await self._apply_recovered([e for e, _ in early], [q for _, q in early])
+            # Their predecessors came later in the stream, and may be in now.
+            again, early = early, []
+            applied += await self._apply_recovered(
+                [e for e, _ in again], [q for _, q in again], early
+            )
         self._released.update(self.inbox.positions)
+        if read:
+            log.info(
+                "consumer %s: read back %d unacknowledged events from stream sequences %d to %d,"
+                " applied %d (the rest were in already)%s",
+                self.durable,
+                read,
+                floor + 1,
+                top,
+                applied,
+                f"; {len(early)} still wait for their predecessors" if early else "",
+            )
         return True
 
     async def _apply_recovered(
-        self, events: list[Received], at: list[int]
-    ) -> list[tuple[Received, int]]:
-        """Apply events read from the stream at stream sequences `at`; the early ones, owed."""
+        self, events: list[Received], at: list[int], early: list[tuple[Received, int]]
+    ) -> int:
+        """Apply events read from the stream at stream sequences `at`; the early ones are owed
+        and added to `early`. How many were applied."""
         if not events:
-            return []
+            return 0
         outcomes, _invalid = await self._worker.run(self.inbox.process, events)
-        early: list[tuple[Received, int]] = []
         for event, sequence, outcome in zip(events, at, outcomes, strict=True):
             if outcome is Outcome.EARLY:
                 self._owed.setdefault(event.source, {})[event.sequence] = sequence
@@ -902,13 +918,7 @@ class Consumer:
                 self._paid(event)
         applied = outcomes.count(Outcome.APPLIED)
         CONSUMER_APPLIED.labels(self.service, self.name).inc(applied)
-        log.info(
-            "consumer %s: applied %d of %d unacknowledged events read from the stream",
-            self.durable,
-            applied,
-            len(events),
-        )
-        return early
+        return applied
 
     async def _stored(self, js: JetStreamContext, sequence: int) -> RawStreamMsg | None:
         try:

@@ -111,6 +111,25 @@ async def test_messages_a_crashed_process_held_are_read_from_the_stream_at_start
         assert await _unacknowledged(nats_server.url) == 5
 
 
+async def test_an_early_event_a_crashed_process_held_is_applied_once_its_predecessor_is_read(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    # As in the early-event case, but all three are held by a process that crashed: read back
+    # from the stream, the early one is applied after its predecessor, not after the ack wait.
+    aggregate = str(uuid.uuid4())
+    second = envelope("okr.goals.cycle.scheduled", SCHEDULED, 1)
+    first = envelope("okr.goals.cycle.scheduled", SCHEDULED, 3)
+    second.update(subject=aggregate, aggregateversion=2)
+    first.update(subject=aggregate)
+    bodies = [second, envelope("okr.goals.cycle.scheduled", SCHEDULED, 2), first]
+    await publish(nats_server.url, bodies)
+    await _crash_holding(nats_server.url, 3, ack_wait=30)
+    async with running(store, nats_server.url, ack_wait=30) as run:
+        assert await run.consumer.wait_for(SOURCE, 3, 5)
+        assert run.projector.applied == [bodies[1]["id"], first["id"], second["id"]]
+        assert not run.consumer._owed
+
+
 async def test_messages_applied_but_not_acknowledged_before_a_crash_change_nothing_twice(
     store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
