@@ -224,6 +224,24 @@ async def test_the_projections_rebuild_runs_with_the_projections_credentials(
     assert "Violation" not in server.log_text()[log_before:]
 
 
+async def test_every_consumer_may_look_at_its_durable_and_read_the_stream_back(
+    system: dict[str, RunningService], server: ConfiguredNatsServer
+) -> None:
+    """When deliveries may have been lost (a crash, a dropped connection), a consumer asks how
+    far its durable's acknowledgements have got (`$JS.API.CONSUMER.INFO.OKR.<durable>`) and
+    reads unacknowledged messages back from the stream (`$JS.API.STREAM.MSG.GET.OKR`), as its
+    service's user. Refused, its readers would wait on a doubt that never ends."""
+    log_before = len(server.log_text())
+    for service in system.values():
+        js = await service.runtime.link.wait()
+        for consumer in service.runtime.consumers:
+            info = await js.consumer_info(consumer.stream, consumer.durable)
+            assert info.name == consumer.durable
+            # Answered (a message, or none at that sequence): a refusal gets no answer.
+            await consumer._stored(js, 1)
+    assert "Violation" not in server.log_text()[log_before:]
+
+
 # --- what a service may not do ---------------------------------------------------------------
 
 
