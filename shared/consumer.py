@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -290,6 +290,10 @@ class Projectors:
     def rolled_back(self) -> None:
         for p in self.projectors:
             p.rolled_back()
+
+
+class _TooMany(Exception):
+    """More stream messages to read back than `RECOVER_AT_MOST`."""
 
 
 class _Poison(Exception):
@@ -849,39 +853,37 @@ class Consumer:
         server hands the messages out again after the ack wait, each is a duplicate then. An
         early one is owed until it comes again. Whether every message was read: if not (too
         many, or NATS did not answer), readers cannot know what is missing."""
-        if top - floor > RECOVER_AT_MOST:
-            log.warning(
-                "consumer %s: %d stream messages past the acknowledgement floor, too many to "
-                "read back; the unacknowledged ones come again after the ack wait",
-                self.durable,
-                top - floor,
-            )
-            return False
         early: list[tuple[Received, int]] = []
         read = applied = 0
-        for start in range(floor + 1, top + 1, RECOVER_CHUNK):
-            sequences = range(start, min(start + RECOVER_CHUNK, top + 1))
-            try:
-                stored = await asyncio.gather(*(self._stored(js, q) for q in sequences))
-            except Exception as e:  # not answered: the doubt covers it
-                log.warning(
-                    "consumer %s: could not read the stream to recover: %s", self.durable, e
-                )
-                return False
-            events: list[Received] = []
-            at: list[int] = []
-            for sequence, msg in zip(sequences, stored, strict=True):
-                subject = msg.subject if msg is not None else None
-                if msg is None or subject is None or not self._takes(subject):
-                    continue
-                try:
-                    headers = msg.headers or {}
-                    events.append(parse(subject, msg.data or b"", headers.get("Nats-Msg-Id")))
-                except InvalidMessage:
-                    continue  # rejected when it comes again
-                at.append(sequence)
-            read += len(events)
-            applied += await self._apply_recovered(events, at, early)
+        try:
+            async for chunk in self._read_back(js, floor, top):
+                events: list[Received] = []
+                at: list[int] = []
+                for sequence, msg in chunk:
+                    try:
+                        headers = msg.headers or {}
+                        events.append(
+                            parse(msg.subject or "", msg.data or b"", headers.get("Nats-Msg-Id"))
+                        )
+                    except InvalidMessage:
+                        continue  # rejected when it comes again
+                    at.append(sequence)
+                read += len(events)
+                applied += await self._apply_recovered(events, at, early)
+        except _TooMany as e:
+            log.warning(
+                "consumer %s: more than %d stream messages to read back (%s); the "
+                "unacknowledged ones come again after the ack wait",
+                self.durable,
+                RECOVER_AT_MOST,
+                e,
+            )
+            return False
+        except PersistenceError:
+            raise
+        except Exception as e:  # not answered: the doubt covers it
+            log.warning("consumer %s: could not read the stream to recover: %s", self.durable, e)
+            return False
         if early:
             # Their predecessors came later in the stream, and may be in now.
             again, early = early, []
@@ -901,6 +903,41 @@ class Consumer:
                 f"; {len(early)} still wait for their predecessors" if early else "",
             )
         return True
+
+    async def _read_back(
+        self, js: JetStreamContext, floor: int, top: int
+    ) -> AsyncIterator[list[tuple[int, RawStreamMsg]]]:
+        """The messages this consumer takes among stream sequences floor + 1 to top, in order,
+        in chunks. A narrow range is read by sequence, a chunk's requests at once; a wide one
+        (a sparse filter behind a busy stream) message by message, each request asking for
+        the next one on a filter subject. Raises `_TooMany` past `RECOVER_AT_MOST`."""
+        if top - floor <= RECOVER_AT_MOST:
+            for start in range(floor + 1, top + 1, RECOVER_CHUNK):
+                sequences = range(start, min(start + RECOVER_CHUNK, top + 1))
+                stored = await asyncio.gather(*(self._stored(js, q) for q in sequences))
+                yield [
+                    (q, m)
+                    for q, m in zip(sequences, stored, strict=True)
+                    if m is not None and m.subject is not None and self._takes(m.subject)
+                ]
+            return
+        found: dict[int, RawStreamMsg] = {}
+        for subject in self.subjects:
+            sequence = floor + 1
+            while sequence <= top:
+                try:
+                    msg = await js.get_msg(self.stream, sequence, subject=subject, next=True)
+                except NotFoundError:
+                    break  # nothing more on that subject
+                if msg.seq is None or msg.seq > top:
+                    break
+                found[msg.seq] = msg
+                if len(found) > RECOVER_AT_MOST:
+                    raise _TooMany(f"sequences {floor + 1} to {top}")
+                sequence = msg.seq + 1
+        ordered = sorted(found.items())
+        for start in range(0, len(ordered), RECOVER_CHUNK):
+            yield ordered[start : start + RECOVER_CHUNK]
 
     async def _apply_recovered(
         self, events: list[Received], at: list[int], early: list[tuple[Received, int]]

@@ -20,6 +20,7 @@ until the messages come again, that it was seen open."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -109,6 +110,34 @@ async def test_messages_a_crashed_process_held_are_read_from_the_stream_at_start
         assert not await run.watch(bodies, 20, 5)
         assert run.projector.applied == [b["id"] for b in bodies]
         assert await _unacknowledged(nats_server.url) == 5
+
+
+async def test_held_messages_among_many_of_other_subjects_are_read_back_one_by_one(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Five goals events, each behind three messages the consumer does not take (a busy
+    # stream, a sparse filter): 20 sequences to cover, more than it reads by sequence, but
+    # only five messages of its own.
+    monkeypatch.setattr(consumer_module, "RECOVER_AT_MOST", 8)
+    bodies = goals_events(5)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        for body in bodies:
+            for _ in range(3):
+                await js.publish("okr.checkins.other.thing", b"{}", stream="OKR")
+            await js.publish(
+                "okr.goals.cycle.scheduled",
+                json.dumps(body).encode(),
+                stream="OKR",
+                headers={"Nats-Msg-Id": f"{SOURCE}:{body['sequence']}"},
+            )
+    finally:
+        await nc.close()
+    await _crash_holding(nats_server.url, 5, ack_wait=30)
+    async with running(store, nats_server.url, ack_wait=30) as run:
+        assert await run.consumer.wait_for(SOURCE, 5, 5)
+        assert run.projector.applied == [b["id"] for b in bodies]
 
 
 async def test_an_early_event_a_crashed_process_held_is_applied_once_its_predecessor_is_read(
