@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,11 +62,15 @@ class FailsOnce:
         self._staged.append(event.id)
 
 
-async def publish(url: str, bodies: Sequence[dict[str, Any]]) -> None:
+async def publish(url: str, bodies: Sequence[dict[str, Any]], *, others: int = 0) -> None:
+    """Publish goals events with their `Nats-Msg-Id`s; `others`: how many messages on a subject
+    the consumers here do not take go before each."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         for body in bodies:
+            for _ in range(others):
+                await js.publish("okr.checkins.other.thing", b"{}", stream="OKR")
             await js.publish(
                 "okr.goals.cycle.scheduled",
                 json.dumps(body).encode(),
@@ -78,6 +83,17 @@ async def publish(url: str, bodies: Sequence[dict[str, Any]]) -> None:
 
 def goals_events(count: int) -> list[dict[str, Any]]:
     return [envelope("okr.goals.cycle.scheduled", SCHEDULED, n) for n in range(1, count + 1)]
+
+
+def early_first() -> list[dict[str, Any]]:
+    """Three goals events, the first of which is the second version of an aggregate whose
+    first version is the third: it arrives early."""
+    aggregate = str(uuid.uuid4())
+    second = envelope("okr.goals.cycle.scheduled", SCHEDULED, 1)
+    first = envelope("okr.goals.cycle.scheduled", SCHEDULED, 3)
+    second.update(subject=aggregate, aggregateversion=2)
+    first.update(subject=aggregate)
+    return [second, envelope("okr.goals.cycle.scheduled", SCHEDULED, 2), first]
 
 
 class Running:

@@ -20,8 +20,6 @@ until the messages come again, that it was seen open."""
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from typing import Any
 
 import nats
@@ -32,8 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared import consumer as consumer_module
 from shared.consumer import Consumer
 from shared.pull import ContinuousPull, delivery
-from tests.integration.consumers import SOURCE, goals_events, publish, running
-from tests.integration.test_contract_consumers import SCHEDULED, envelope
+from tests.integration.consumers import SOURCE, early_first, goals_events, publish, running
 from tests.support import NatsServer
 
 DURABLE = "projections-gaps"
@@ -56,14 +53,8 @@ async def test_a_position_past_a_batch_the_store_failed_under_waits_for_it(
 async def test_a_position_past_an_early_event_waits_for_it(
     store: dict[str, Any], nats_server: NatsServer
 ) -> None:
-    # Event 1 is the second version of an aggregate whose first version is event 3: it is
-    # early, handed back, and applied after 2 and 3.
-    aggregate = str(uuid.uuid4())
-    second = envelope("okr.goals.cycle.scheduled", SCHEDULED, 1)
-    first = envelope("okr.goals.cycle.scheduled", SCHEDULED, 3)
-    second.update(subject=aggregate, aggregateversion=2)
-    first.update(subject=aggregate)
-    bodies = [second, envelope("okr.goals.cycle.scheduled", SCHEDULED, 2), first]
+    # Event 1 is early: it is handed back, and applied after 2 and 3.
+    bodies = early_first()
     await publish(nats_server.url, bodies)
     async with running(store, nats_server.url) as run:
         assert await run.watch(bodies, 2, 20)
@@ -120,20 +111,7 @@ async def test_held_messages_among_many_of_other_subjects_are_read_back_one_by_o
     # only five messages of its own.
     monkeypatch.setattr(consumer_module, "RECOVER_AT_MOST", 8)
     bodies = goals_events(5)
-    nc = await nats.connect(nats_server.url)
-    try:
-        js = nc.jetstream()
-        for body in bodies:
-            for _ in range(3):
-                await js.publish("okr.checkins.other.thing", b"{}", stream="OKR")
-            await js.publish(
-                "okr.goals.cycle.scheduled",
-                json.dumps(body).encode(),
-                stream="OKR",
-                headers={"Nats-Msg-Id": f"{SOURCE}:{body['sequence']}"},
-            )
-    finally:
-        await nc.close()
+    await publish(nats_server.url, bodies, others=3)
     await _crash_holding(nats_server.url, 5, ack_wait=30)
     async with running(store, nats_server.url, ack_wait=30) as run:
         assert await run.consumer.wait_for(SOURCE, 5, 5)
@@ -145,17 +123,12 @@ async def test_an_early_event_a_crashed_process_held_is_applied_once_its_predece
 ) -> None:
     # As in the early-event case, but all three are held by a process that crashed: read back
     # from the stream, the early one is applied after its predecessor, not after the ack wait.
-    aggregate = str(uuid.uuid4())
-    second = envelope("okr.goals.cycle.scheduled", SCHEDULED, 1)
-    first = envelope("okr.goals.cycle.scheduled", SCHEDULED, 3)
-    second.update(subject=aggregate, aggregateversion=2)
-    first.update(subject=aggregate)
-    bodies = [second, envelope("okr.goals.cycle.scheduled", SCHEDULED, 2), first]
+    bodies = early_first()
     await publish(nats_server.url, bodies)
     await _crash_holding(nats_server.url, 3, ack_wait=30)
     async with running(store, nats_server.url, ack_wait=30) as run:
         assert await run.consumer.wait_for(SOURCE, 3, 5)
-        assert run.projector.applied == [bodies[1]["id"], first["id"], second["id"]]
+        assert run.projector.applied == [bodies[i]["id"] for i in (1, 2, 0)]
         assert not run.consumer._owed
 
 
