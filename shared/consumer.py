@@ -82,6 +82,8 @@ LAG_MEASURE_EVERY_S = 5.0
 # While events are owed or deliveries may have been lost, how often the server is asked how far
 # the acknowledgements have got (`Consumer._settle_doubts`).
 DOUBTS_CHECKED_EVERY_S = 0.25
+# When the server does not answer that question, a warning at most this often.
+NO_INFO_WARNED_EVERY_S = 60.0
 # Subscribing with messages delivered and not acknowledged (a process before this one crashed
 # with them), the consumer reads the stream itself from the acknowledgement floor up to the last
 # delivered message and applies what it finds (`Consumer._recover`), rather than wait out the
@@ -654,6 +656,7 @@ class Consumer:
         self._next_delivery: int | None = None
         self._doubts_checked = 0.0
         self._lost = False  # deliveries went astray since the last look
+        self._info_warned = -NO_INFO_WARNED_EVERY_S
 
     @classmethod
     def for_service(
@@ -829,6 +832,22 @@ class Consumer:
         await pull.start()
         return pull
 
+    def _no_info(self, e: Exception) -> None:
+        """The server did not say how far the acknowledgements have got (asked again soon):
+        a warning at most once a minute, since readers wait on it (a user not allowed
+        `$JS.API.CONSUMER.INFO` on its durable keeps them waiting until it subscribes again)."""
+        now = time.monotonic()
+        if now - self._info_warned < NO_INFO_WARNED_EVERY_S:
+            log.debug("consumer %s: no consumer info: %s", self.durable, e)
+            return
+        self._info_warned = now
+        log.warning(
+            "consumer %s: no consumer info (%s: %s); reads with min_position wait on it",
+            self.durable,
+            type(e).__name__,
+            e,
+        )
+
     async def _recover_lost(self) -> None:
         """Deliveries went astray: read back from the stream what is unacknowledged, rather
         than wait for it to come again after the ack wait. Nothing may be applying."""
@@ -837,7 +856,7 @@ class Consumer:
             js = await self.link.wait()
             info = await js.consumer_info(self.stream, self.durable)
         except Exception as e:  # the doubt stays, settled by the acknowledgement floor
-            log.debug("consumer %s: no consumer info: %s", self.durable, e)
+            self._no_info(e)
             return
         floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
         top = (info.delivered or SequenceInfo(0, 0)).stream_seq
@@ -1122,7 +1141,7 @@ class Consumer:
             js = await self.link.wait()
             info = await js.consumer_info(self.stream, self.durable)
         except Exception as e:  # asked again at the next batch or wait
-            log.debug("consumer %s: no consumer info: %s", self.durable, e)
+            self._no_info(e)
             return
         floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
         if self._doubtful:

@@ -4,9 +4,11 @@ be held in them. The real server's side is in tests/integration/test_read_your_w
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from nats.js.api import SequenceInfo
 
 from shared.consumer import Consumer, subject_matches
@@ -143,4 +145,25 @@ async def test_nothing_is_asked_while_disconnected() -> None:
     consumer.link.connected = False  # type: ignore[misc]
     await _ask(consumer)
     assert server.asked == 0
+    assert not consumer.reached(SOURCE, 1)
+
+
+async def test_a_server_that_does_not_say_is_a_warning_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = Server()
+    consumer = _consumer(server)
+
+    async def refused(stream: str, durable: str) -> Any:
+        raise TimeoutError("nats: timeout")  # a request the permissions drop gets no answer
+
+    server.consumer_info = refused  # type: ignore[method-assign]
+    consumer._doubt(None)
+    with caplog.at_level(logging.DEBUG, logger="shared.consumer"):
+        await _ask(consumer)
+        await _ask(consumer)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "no consumer info" in warnings[0].getMessage()
+    assert "min_position" in warnings[0].getMessage()
     assert not consumer.reached(SOURCE, 1)
