@@ -40,7 +40,14 @@ import pydantic
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg, SequenceInfo
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    RawStreamMsg,
+    SequenceInfo,
+)
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -811,22 +818,8 @@ class Consumer:
             info = await js.add_consumer(self.stream, config)
         except NotFoundError as e:
             raise RuntimeError(f"stream {self.stream} not found") from e
-        delivered = info.delivered or SequenceInfo(0, 0)
-        self._next_delivery = delivered.consumer_seq + 1
-        if info.num_ack_pending:
-            # Delivered before and not acknowledged: handed back by this process, or taken by
-            # one that stopped or crashed. They come again only after the ack wait; apply them
-            # now from the stream, or, if that cannot be done, doubt until they are in.
-            self._doubtful, self._doubt_mark = True, delivered.stream_seq
-            floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
-            if await self._recover(js, floor, delivered.stream_seq):
-                self._doubtful, self._doubt_mark = False, None
-        else:
-            # Nothing outstanding: whatever was owed or lost on the way was settled.
-            self._doubtful, self._doubt_mark = False, None
-            self._owed.clear()
-        async with self._advanced:
-            self._advanced.notify_all()  # readers waiting on what was not known until now
+        self._next_delivery = (info.delivered or SequenceInfo(0, 0)).consumer_seq + 1
+        await self._settle_outstanding(js, info)
         assert self.link.nc is not None  # connected: `wait` returned
         pull = ContinuousPull(self.link.nc, self.stream, self.durable, batch=self.batch_size)
         await pull.start()
@@ -858,12 +851,25 @@ class Consumer:
         except Exception as e:  # the doubt stays, settled by the acknowledgement floor
             self._no_info(e)
             return
-        floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
+        await self._settle_outstanding(js, info)
+
+    async def _settle_outstanding(self, js: JetStreamContext, info: ConsumerInfo) -> None:
+        """From the server's account of the durable (at subscription, or after a gap): with
+        nothing pending, whatever was owed or lost on the way was settled. Messages delivered
+        and not acknowledged (handed back, held by a process that crashed, lost on the way)
+        come again only after the ack wait: apply them now from the stream, or, if that
+        cannot be done, doubt until they are in. Then wake the readers."""
         top = (info.delivered or SequenceInfo(0, 0)).stream_seq
-        if not info.num_ack_pending or await self._recover(js, floor, top):
+        if not info.num_ack_pending:
             self._doubtful, self._doubt_mark = False, None
-            async with self._advanced:
-                self._advanced.notify_all()
+            self._owed.clear()
+        else:
+            self._doubtful, self._doubt_mark = True, top
+            floor = (info.ack_floor or SequenceInfo(0, 0)).stream_seq
+            if await self._recover(js, floor, top):
+                self._doubtful, self._doubt_mark = False, None
+        async with self._advanced:
+            self._advanced.notify_all()
 
     async def _recover(self, js: JetStreamContext, floor: int, top: int) -> bool:
         """Read the stream messages after the acknowledgement floor `floor` up to the last
