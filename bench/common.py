@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -56,6 +57,29 @@ def wait_port(port: int, timeout: float = 10) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time process `pid` has used so far, user and system (`/proc/<pid>/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU time of the whole machine so far, summed over its cores: busy (anything but idle
+    and waiting for I/O) and in all (`/proc/stat`)."""
+    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    ticks = [int(x) for x in first[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have ended (and been waited for) so far: the
+    load generators, run one at a time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Nats:
     """A nats-server with JetStream on a free port, its store in a folder of the run."""
 
@@ -76,6 +100,10 @@ class Nats:
             stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return process_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -129,8 +157,7 @@ class ServiceProcess:
     def cpu_seconds(self) -> float:
         """CPU time the process has used so far, user and system (`/proc/<pid>/stat`)."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def memory_kib(self) -> dict[str, int]:
         """Resident memory now and at its peak (VmRSS, VmHWM)."""
