@@ -148,7 +148,8 @@ def _series(f: Figure) -> str | None:
         return "command → projection p99 at 50% load"
     if f.bench == "checkins" and f.name.endswith("clients") and f.target:
         return f.name
-    if f.bench == "checkins" and f.name.startswith("checkins CPU") and f.name.endswith("clients"):
+    cpu = f.name.startswith(("checkins CPU", "machine CPU"))
+    if f.bench == "checkins" and cpu and f.name.endswith("clients"):
         return f.name
     return None
 
