@@ -96,9 +96,9 @@ class _State:
 
 
 class _GeneratingCheckins(CheckinsApplication):
-    """The checkins application, snapshotting at the same versions as the service but all of
-    a batch's snapshots in one transaction after the batch: the service takes each in a
-    transaction of its own, whose commit would cost the generator more than the events."""
+    """The checkins application, snapshotting every interval's version, all of a batch's
+    snapshots in one transaction after the batch (the service writes each in the transaction
+    of the save that reached it, from the aggregate as saved)."""
 
     name = "checkins"  # the library names tables (PostgreSQL) after it, not after the class
 
@@ -139,8 +139,8 @@ def _save(app: ServiceApplication, aggregates: Iterable[Aggregate], **kwargs: An
     """`app.save(*aggregates, **kwargs)` with the library's own, synchronous snapshots."""
     processing = collect(list(aggregates), **kwargs)
     recordings: list[Any] = app._record(processing)
-    # The library's own, synchronous snapshots (the services take them on a thread of their
-    # own, which a generator this fast would outrun): every interval gets its snapshot.
+    # The library's own snapshots, each at its interval's version (the services write theirs
+    # in the save's transaction): every interval gets its snapshot.
     Application._take_snapshots(app, processing)
     app._notify(recordings)
     return recordings

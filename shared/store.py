@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -45,11 +44,13 @@ from eventsourcing.persistence import (
     Transcoding,
 )
 from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresDatastore,
     PostgresProcessRecorder,
 )
 from eventsourcing.sqlite import (
+    SQLiteAggregateRecorder,
     SQLiteCursor,
     SQLiteDatastore,
     SQLiteFactory,
@@ -64,10 +65,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-# Snapshot jobs queued at most; past that a due snapshot is skipped (the next interval of
-# that aggregate takes one).
-MAX_SNAPSHOTS_WAITING = 256
 
 RELAY_TRACKING_NAME = "relay:nats"
 
@@ -228,6 +225,9 @@ def _ids_by_event(
 
 
 class SQLiteStoreRecorder(SQLiteProcessRecorder):
+    # The application's snapshot recorder (same file): a save's snapshots go in with its events.
+    snapshot_recorder: SQLiteAggregateRecorder | None = None
+
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
         statements.append(
@@ -265,6 +265,9 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
         documents: list[Document] = kwargs.get("documents") or []
         if documents:
             c.executemany(dialect(UPSERT_DOCUMENT, None), [d.row() for d in documents])
+        snapshots: list[StoredEvent] = kwargs.get("snapshots") or []
+        if snapshots and self.snapshot_recorder is not None:
+            self.snapshot_recorder._insert_events(c, snapshots)
         self._record_inbox(c, kwargs.get("inbox") or [])
         return ids
 
@@ -350,6 +353,10 @@ def roll_back_if_open(conn: psycopg.Connection[Any]) -> None:
 
 
 class PostgresStoreRecorder(PostgresProcessRecorder):
+    # The application's snapshot recorder (same schema): a save's snapshots go in with its
+    # events, in the same pipeline.
+    snapshot_recorder: PostgresAggregateRecorder | None = None
+
     def _notify_channel(self, curs: Any) -> None:
         """No NOTIFY with each insert of events: it is for the library's LISTEN-based
         subscriptions, and nothing here listens (each service's relay is woken by its writer,
@@ -454,6 +461,9 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         documents: list[Document] = kwargs.get("documents") or []
         if documents:
             curs.executemany(self._upsert_document, [d.row() for d in documents])
+        snapshots: list[StoredEvent] = kwargs.get("snapshots") or []
+        if snapshots and self.snapshot_recorder is not None:
+            self.snapshot_recorder._insert_stored_events(curs, snapshots)
         self._record_inbox(curs, kwargs.get("inbox") or [])
 
     def _ids_if_committed(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
@@ -762,9 +772,10 @@ class ServiceApplication(Application):
         self._checkpointer: WalCheckpointer | None = None
         if isinstance(datastore, SQLiteDatastore) and not datastore.pool.is_sqlite_memory_mode:
             self._checkpointer = WalCheckpointer(datastore, self.name)
-        self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-snapshots")
-        self._snapshots_waiting = 0
-        self._snapshots_lock = threading.Lock()
+        if self.snapshots is not None and isinstance(
+            self.recorder, SQLiteStoreRecorder | PostgresStoreRecorder
+        ):
+            self.recorder.snapshot_recorder = self.snapshots.recorder  # type: ignore[assignment]
         # Called with the notifications of every save, once it committed (the relay's `offer`).
         self.on_recorded: list[Callable[[Sequence[Notification]], None]] = []
 
@@ -782,50 +793,42 @@ class ServiceApplication(Application):
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """`Application.save`, less the two isinstance checks per aggregate against runtime
         Protocols in `collect_events` (20-30 µs each on Python 3.11, as much as recording the
-        event): the same events, recordings, snapshots and notifications."""
+        event), and with the snapshots due written in the same transaction as the events: the
+        same events, recordings and notifications."""
         if not all(isinstance(obj, Aggregate) for obj in objs):
             return super().save(*objs, **kwargs)
         processing = collect(objs, **kwargs)
+        snapshots = self._snapshots_due(processing)
+        if snapshots:
+            processing.saved_kwargs["snapshots"] = snapshots
         recordings = self._record(processing)
-        self._take_snapshots(processing)
         self._notify(recordings)
         self.notify(processing.events)  # the library's deprecated hook, called as it does
         return recordings
 
-    def _take_snapshots(self, processing_event: Any) -> None:
-        # A snapshot only speeds up loading. When the aggregate was saved at the version due,
-        # it is the state to keep: the snapshot is made from it here and turned into bytes at
-        # once (before the writer changes the aggregate again), and only written on a thread
-        # of its own, so that the save that crossed an interval (the writer's whole batch)
-        # does not wait for the write. Otherwise (a later event of the same save moved it on)
-        # that thread reloads the version due from the store, as the library does. The events
-        # are committed by now, so a failure here must not turn into a failed command (whose
-        # client might repeat it).
+    def _snapshots_due(self, processing_event: ProcessingEvent[Any]) -> list[StoredEvent]:
+        """A snapshot of each aggregate whose events in this save reached a multiple of its
+        class's interval, taken from the aggregate as saved (its last version in the save), so
+        nothing is read back. They go in with the events: a snapshot costs a row in the
+        batch's transaction rather than a transaction and a sync of its own, and a save that
+        fails keeps none. A snapshot only speeds up loading, so one that cannot be made is
+        skipped (the next interval takes one), never a failed save."""
         intervals = self.snapshotting_intervals
         if not (self.snapshots and intervals):
-            return
-        made: list[StoredEvent] = []
-        due: list[tuple[UUID, int]] = []
+            return []
+        due: dict[UUID, Any] = {}
         for event in processing_event.events:
             aggregate = processing_event.aggregates.get(event.originator_id)
             interval = intervals.get(type(aggregate)) if aggregate is not None else None
-            if not interval or event.originator_version % interval:
-                continue
-            if aggregate.version == event.originator_version:
-                made.append(self._snapshot_of(aggregate))
-            else:
-                due.append((event.originator_id, event.originator_version))
-        if not (made or due):
-            return
-        with self._snapshots_lock:
-            if self._snapshots_waiting >= MAX_SNAPSHOTS_WAITING:
-                return  # falling behind: the next interval takes one
-            self._snapshots_waiting += 1
-        try:
-            self._snapshotter.submit(self._snapshot, made, due)
-        except RuntimeError:  # closing
-            with self._snapshots_lock:
-                self._snapshots_waiting -= 1
+            if interval and event.originator_version % interval == 0:
+                due[event.originator_id] = aggregate
+        snapshots: list[StoredEvent] = []
+        for aggregate in due.values():
+            try:
+                snapshots.append(self._snapshot_of(aggregate))
+            except Exception:
+                log.warning("snapshot of %s skipped", aggregate.id, exc_info=True)
+        return snapshots
 
     def _snapshot_of(self, aggregate: Aggregate) -> StoredEvent:
         """The aggregate's snapshot, as the store keeps it (`take_snapshot`, from memory)."""
@@ -833,33 +836,8 @@ class ServiceApplication(Application):
         assert self.snapshots is not None and cls is not None
         return self.snapshots.mapper.to_stored_event(cls.take(aggregate))
 
-    def _snapshot(self, made: list[StoredEvent], due: list[tuple[UUID, int]]) -> None:
-        writes: list[Callable[[], Any]] = [
-            partial(self.snapshots.recorder.insert_events, [stored])  # type: ignore[union-attr]
-            for stored in made
-        ]
-        writes += [partial(self.take_snapshot, i, version=v) for i, v in due]
-        try:
-            for write in writes:  # each in a transaction of its own
-                if self.closing.is_set():
-                    return
-                try:
-                    write()
-                except IntegrityError:
-                    pass  # already taken
-                except Exception:
-                    log.warning("snapshot failed; the next interval will take one", exc_info=True)
-        finally:
-            with self._snapshots_lock:
-                self._snapshots_waiting -= 1
-
-    def wait_for_snapshots(self) -> None:
-        """Until the snapshots asked for so far are taken (tests and benchmarks)."""
-        self._snapshotter.submit(lambda: None).result()
-
     def close(self) -> None:
         self.closing.set()
-        self._snapshotter.shutdown(wait=True, cancel_futures=True)
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
