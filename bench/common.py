@@ -63,6 +63,24 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_context_switches(pid: int) -> tuple[int, int]:
+    """Context switches of process `pid`'s live threads so far, voluntary (a thread waited: for
+    the GIL, a lock, the disk, the network) and involuntary (the kernel took its core), summed
+    over `/proc/<pid>/task/*/status`. A thread that has ended no longer counts."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in lines:
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
 def machine_cpu_seconds() -> tuple[float, float]:
     """CPU time of the whole machine so far, summed over its cores: busy (anything but idle
     and waiting for I/O) and in all (`/proc/stat`)."""
@@ -158,6 +176,11 @@ class ServiceProcess:
         """CPU time the process has used so far, user and system (`/proc/<pid>/stat`)."""
         assert self.proc is not None
         return process_cpu_seconds(self.proc.pid)
+
+    def context_switches(self) -> tuple[int, int]:
+        """Its threads' context switches so far, voluntary and involuntary."""
+        assert self.proc is not None
+        return process_context_switches(self.proc.pid)
 
     def memory_kib(self) -> dict[str, int]:
         """Resident memory now and at its peak (VmRSS, VmHWM)."""

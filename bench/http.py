@@ -139,13 +139,16 @@ def quiet(system: System, timeout: float = 15.0) -> None:
 class Usage:
     """CPU seconds used so far, or during a load as the difference of two: each process of the
     system (the ceiling app's too), the NATS server, the load generators run and ended, and the
-    whole machine, summed over its cores: busy, and in all."""
+    whole machine, summed over its cores: busy, and in all. Beside the CPU, each process's
+    context switches (voluntary, involuntary): how often its threads waited, for the GIL among
+    other things."""
 
     processes: dict[str, float]
     nats: float
     load: float
     busy: float
     total: float
+    switches: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def now(cls, system: System) -> Usage:
@@ -156,6 +159,7 @@ class Usage:
             children_cpu_seconds(),
             busy,
             total,
+            {name: p.context_switches() for name, p in system.processes.items()},
         )
 
     def __sub__(self, before: Usage) -> Usage:
@@ -165,6 +169,11 @@ class Usage:
             self.load - before.load,
             self.busy - before.busy,
             self.total - before.total,
+            {
+                name: (v - before.switches[name][0], i - before.switches[name][1])
+                for name, (v, i) in self.switches.items()
+                if name in before.switches
+            },
         )
 
     def __add__(self, other: Usage) -> Usage:
@@ -174,7 +183,21 @@ class Usage:
             self.load + other.load,
             self.busy + other.busy,
             self.total + other.total,
+            {
+                name: (v + other.switches[name][0], i + other.switches[name][1])
+                for name, (v, i) in self.switches.items()
+                if name in other.switches
+            },
         )
+
+    def switches_per_request(self, requests: int) -> dict[str, dict[str, float]]:
+        """Context switches per request of each process that switched at all."""
+        n = max(requests, 1)
+        return {
+            name: {"voluntary": round(v / n, 3), "involuntary": round(i / n, 3)}
+            for name, (v, i) in self.switches.items()
+            if v or i
+        }
 
     def per_request(self, requests: int) -> dict[str, float]:
         """Milliseconds of CPU per request: each process that used any, NATS, the load
@@ -279,6 +302,10 @@ def throughput(
                 detail={
                     "cpu_ms_per_check_in": per_request,
                     "cpu_ms_per_bare_post": per_bare,
+                    "context_switches_per_check_in": used.switches_per_request(real.requests),
+                    "context_switches_per_bare_post": ceiling_used.switches_per_request(
+                        ceiling_requests
+                    ),
                     "busy": round(used.busy_share, 3),
                     "busy_bare_post": round(ceiling_used.busy_share, 3),
                     "cores": os.cpu_count(),

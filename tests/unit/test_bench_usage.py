@@ -3,11 +3,13 @@ load generator and the whole machine, per request."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import pytest
 
-from bench.common import machine_cpu_seconds
+from bench.common import machine_cpu_seconds, process_context_switches
 from bench.http import Usage
 
 
@@ -59,3 +61,38 @@ def test_the_machine_shows_busy_time_when_this_process_burns_cpu() -> None:
 
     assert busy_after - busy >= 0.2
     assert total_after - total >= busy_after - busy
+
+
+def test_context_switches_are_counted_per_request() -> None:
+    before = Usage({"checkins": 1.0}, 0, 0, 0, 0, {"checkins": (100, 10), "ceiling": (5, 5)})
+    after = Usage({"checkins": 2.0}, 0, 0, 0, 0, {"checkins": (2_100, 510), "ceiling": (5, 5)})
+
+    used = after - before
+
+    # A process that did not switch at all is left out.
+    assert used.switches_per_request(1000) == {"checkins": {"voluntary": 2.0, "involuntary": 0.5}}
+    assert (used + used).switches_per_request(1000)["checkins"]["voluntary"] == 4.0
+
+
+def test_a_thread_that_waits_shows_as_voluntary_switches_of_its_process() -> None:
+    voluntary, _ = process_context_switches(os.getpid())
+    ping, pong = threading.Event(), threading.Event()
+
+    def other() -> None:
+        for _ in range(50):
+            ping.wait()
+            ping.clear()
+            pong.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    for _ in range(50):
+        ping.set()
+        assert pong.wait(5)
+        pong.clear()
+    thread.join()
+    after, _ = process_context_switches(os.getpid())
+
+    # Each round trip makes this thread wait for the other at least once: the other thread's
+    # own switches ended with it, so only this one's are counted.
+    assert after - voluntary >= 40
