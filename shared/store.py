@@ -837,7 +837,6 @@ class ServiceApplication(Application):
         return self.snapshots.mapper.to_stored_event(cls.take(aggregate))
 
     def close(self) -> None:
-        self.closing.set()
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
