@@ -61,7 +61,7 @@ class Relay:
         link: NatsLink,
         *,
         stream: str = "OKR",
-        batch_size: int = 500,
+        batch_size: int = 2000,
         poll_interval: float = 0.5,
         publish_timeout: float = 5.0,
         record_every: float = 1.0,

@@ -11,6 +11,8 @@ import sys
 import time
 from datetime import date
 
+from eventsourcing.persistence import OperationalError
+
 from services.goals.application import GoalsApplication
 from services.goals.domain import Cycle
 from services.goals.main import GoalsSettings
@@ -300,3 +302,30 @@ async def test_saves_not_handed_over_are_read_from_the_store(goals_settings, nat
     messages = await read_stream(nats_server.url, 6)
     assert_exactly_once_in_order(messages, app, 6)
     assert [b["data"]["name"] for b in bodies(messages)] == ["A1", "A2", "B1", "B2", "B3", "A3"]
+
+
+async def test_a_read_that_fails_mid_backlog_loses_nothing(goals_settings, nats_server):
+    """The store failing on a page in the middle of a backlog: the relay starts again from
+    what it recorded, and every event still goes out once, in order."""
+    app = store_events(goals_settings, 1700)
+    select = app.recorder.select_notifications
+    failed: list[int] = []
+
+    def reads(after, *args, **kwargs):
+        if after == 1000 and not failed:
+            failed.append(after)
+            raise OperationalError("simulated: the store went away mid-backlog")
+        return select(after, *args, **kwargs)
+
+    app.recorder.select_notifications = reads
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
+    await relay.start()
+    try:
+        await wait_for(lambda: _async(relay.position == 1700))
+    finally:
+        await relay.stop()
+        await link.close()
+    assert failed == [1000]
+    assert_exactly_once_in_order(await read_stream(nats_server.url, 1700), app, 1700)
