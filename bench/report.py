@@ -1,4 +1,4 @@
-"""A results file of `python -m bench` as a Markdown table (for docs/benchmarks.md):
+"""A results file of `python -m bench` as a Markdown table (for docs/benchmarks-log.md):
 `python -m bench.report test-artifacts/bench/latest.json`."""
 
 from __future__ import annotations
