@@ -57,6 +57,20 @@ async def wait_for(predicate, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def relay_until(app: GoalsApplication, url: str, position: int) -> None:
+    """Run a relay of the goals store (pages of 500) until it has published up to
+    `position`, then stop it."""
+    link = NatsLink(url, "test")
+    await link.start()
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
+    await relay.start()
+    try:
+        await wait_for(lambda: _async(relay.position == position))
+    finally:
+        await relay.stop()
+        await link.close()
+
+
 async def stream_count(url: str) -> int:
     import nats
 
@@ -69,15 +83,7 @@ async def stream_count(url: str) -> int:
 
 async def test_every_stored_event_is_published_once_with_its_envelope(goals_settings, nats_server):
     app = store_events(goals_settings, 1200)
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
-    await relay.start()
-    try:
-        await wait_for(lambda: _async(relay.position == app.recorder.max_notification_id()))
-    finally:
-        await relay.stop()
-        await link.close()
+    await relay_until(app, nats_server.url, 1200)
     messages = await read_stream(nats_server.url, 1200)
     assert_exactly_once_in_order(messages, app, 1200)
     first = bodies(messages)[0]
@@ -106,15 +112,7 @@ async def test_crash_between_publish_and_record_republishes_without_duplicates(
 
     app.recorder.insert_tracking = crash_once
     before = RELAY_DUPLICATES.labels("goals")._value.get()
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
-    await relay.start()
-    try:
-        await wait_for(lambda: _async(relay.position == 700))
-    finally:
-        await relay.stop()
-        await link.close()
+    await relay_until(app, nats_server.url, 700)
     # Both pages were in flight when recording failed (the second is published while the
     # first is acknowledged): all 700 went out twice, and JetStream recognised every repeat
     # by its Nats-Msg-Id.
@@ -318,14 +316,6 @@ async def test_a_read_that_fails_mid_backlog_loses_nothing(goals_settings, nats_
         return select(after, *args, **kwargs)
 
     app.recorder.select_notifications = reads
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
-    await relay.start()
-    try:
-        await wait_for(lambda: _async(relay.position == 1700))
-    finally:
-        await relay.stop()
-        await link.close()
+    await relay_until(app, nats_server.url, 1700)
     assert failed == [1000]
     assert_exactly_once_in_order(await read_stream(nats_server.url, 1700), app, 1700)
