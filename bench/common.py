@@ -7,6 +7,7 @@ import contextlib
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -191,6 +192,16 @@ class ServiceProcess:
             "rss": int(fields["VmRSS"].split()[0]),
             "peak": int(fields["VmHWM"].split()[0]),
         }
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The process stopped (SIGSTOP) for the block, and continued after it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.proc is not None:

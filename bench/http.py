@@ -328,7 +328,73 @@ def throughput(
                     detail={"p90_ms": real.p90_ms, "p99_ms": real.p99_ms},
                 )
             )
+    if max(clients) > 1:
+        figures += _consumers_paused(system, store, ids, token, max(clients), seconds)
     return figures, best
+
+
+# The services that follow the check-ins from the stream; the command path does not wait for
+# them.
+CONSUMERS = ("reviews", "projections")
+
+
+def _consumers_paused(
+    system: System, store: str, ids: list[str], token: str, connections: int, seconds: float
+) -> list[Figure]:
+    """Check-ins with the services that consume them stopped (SIGSTOP) during the load, beside
+    the ceiling run right before and after: what the command path reaches when it does not
+    share the machine's cores with the views and the reviews, which catch up afterwards. No
+    target: it shows how much of the gap to the target is the cores being shared."""
+    before, before_used = _ceiling(system, ids, token, connections, seconds)
+    with contextlib.ExitStack() as paused:
+        for name in CONSUMERS:
+            paused.enter_context(system.processes[name].paused())
+        started = Usage.now(system)
+        real = wrk.run(system.url("checkins"), ids, token, connections=connections, seconds=seconds)
+        used = Usage.now(system) - started
+    # The consumers work off what the load left before the ceiling runs again.
+    quiet(system, timeout=120)
+    after, after_used = _ceiling(system, ids, token, connections, seconds)
+    if real.failed or before.failed or after.failed:
+        raise RuntimeError(
+            f"errors under load, consumers paused: checkins {real.errors},"
+            f" ceiling {before.errors} and {after.errors}"
+        )
+    ceiling_used = before_used + after_used
+    per_request = used.per_request(real.requests)
+    per_bare = ceiling_used.per_request(before.requests + after.requests)
+    return [
+        Figure(
+            "checkins",
+            store,
+            f"check-ins/s, {connections} clients, consumers paused",
+            real.rate,
+            "req/s",
+            ceiling=(before.rate + after.rate) / 2,
+            ceiling_name="bare FastAPI POST, mean of the runs before and after",
+            detail={
+                "paused": list(CONSUMERS),
+                "checkins": real.as_dict(),
+                "ceiling": before.as_dict(),
+                "ceiling_after": after.as_dict(),
+            },
+        ),
+        Figure(
+            "checkins",
+            store,
+            f"machine CPU per check-in, {connections} clients, consumers paused",
+            per_request["machine"],
+            "ms",
+            ceiling=per_bare["machine"],
+            ceiling_name="the machine's CPU per bare FastAPI POST",
+            detail={
+                "cpu_ms_per_check_in": per_request,
+                "cpu_ms_per_bare_post": per_bare,
+                "busy": round(used.busy_share, 3),
+                "busy_bare_post": round(ceiling_used.busy_share, 3),
+            },
+        ),
+    ]
 
 
 # --- 2. command -> projection latency under a held load ---------------------------------

@@ -4,12 +4,14 @@ load generator and the whole machine, per request."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from bench.common import machine_cpu_seconds, process_context_switches
+from bench.common import ServiceProcess, machine_cpu_seconds, process_context_switches
 from bench.http import Usage
 
 
@@ -96,3 +98,38 @@ def test_a_thread_that_waits_shows_as_voluntary_switches_of_its_process() -> Non
     # Each round trip makes this thread wait for the other at least once: the other thread's
     # own switches ended with it, so only this one's are counted.
     assert after - voluntary >= 40
+
+
+# A process that burns a little CPU all the time.
+SLEEPER = "import time\nwhile True:\n    sum(range(10_000))\n    time.sleep(0.001)\n"
+
+
+def _state(pid: int) -> str:
+    # The field after the command's name in parentheses: R running, S sleeping, T stopped.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_paused_process_is_stopped_for_the_block_and_runs_again_after_it(
+    tmp_path: Path,
+) -> None:
+    # The check-in point that pauses the consumers: they must use no CPU during the load, and
+    # must work again after it, also when the load fails.
+    process = ServiceProcess(
+        "sleeper", {}, 0, tmp_path / "sleeper.log", command=[sys.executable, "-c", SLEEPER]
+    )
+    process.start()
+    try:
+        assert process.proc is not None
+        pid = process.proc.pid
+        with pytest.raises(RuntimeError), process.paused():
+            time.sleep(0.2)
+            assert _state(pid) == "T"
+            used = process.cpu_seconds()
+            time.sleep(0.3)
+            assert process.cpu_seconds() == used
+            raise RuntimeError("the load failed")
+        time.sleep(0.2)
+        assert _state(pid) != "T"
+        assert process.proc.poll() is None
+    finally:
+        process.stop()
