@@ -25,9 +25,10 @@ from shared.http import (
     LeanCommandMiddleware,
     MinPosition,
     RequestContextMiddleware,
+    command_response,
     install_error_handlers,
 )
-from shared.writer import Idempotency, StoreUnavailable
+from shared.writer import CommandResult, Idempotency, StoreUnavailable
 
 SECRET = "s" * 32
 KR = "0b7d1e7a-1111-4a4a-8a8a-0123456789ab"
@@ -241,3 +242,37 @@ def test_a_lean_command_needs_its_route() -> None:
 
     with pytest.raises(RuntimeError, match="no route POST"):
         LeanCommandMiddleware(app, app, [LeanCommand(PATH, CheckInCreate, handle)], [])
+
+
+@pytest.mark.parametrize("replayed", [False, True])
+def test_a_command_answers_the_same_json_and_headers_as_the_framework_would(
+    replayed: bool,
+) -> None:
+    # `command_response` renders with orjson: byte for byte what `JSONResponse` renders for
+    # the values a command answers with, non-ASCII text and fractions included.
+    body = {
+        "id": "0193a1b2-3c4d-7e5f-8a9b-0c1d2e3f4a5b",
+        "key_result_id": KR,
+        "number": 12,
+        "value": 42.125,
+        "confidence": 7,
+        "note": "Umsatz über Plan, 🚀",
+        "blockers": ["vendor", "hiring"],
+        "status": None,
+        "done": False,
+        "version": 13,
+        "position": "checkins:12345",
+    }
+    result = CommandResult(201, body, replayed=replayed)
+
+    answer = command_response(result, "/v1/check-ins/x")
+    framework = JSONResponse(body, status_code=201)
+
+    assert answer.body == framework.body
+    assert answer.status_code == 201
+    headers = dict(answer.headers)
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(framework.body))
+    assert headers["etag"] == '"13"'
+    assert headers["location"] == "/v1/check-ins/x"
+    assert ("idempotent-replayed" in headers) is replayed
