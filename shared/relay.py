@@ -19,10 +19,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from eventsourcing.persistence import Notification, Tracking
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import APIError, NoStreamResponseError
 
 from shared import contract
 from shared.envelopes import Envelopes
@@ -46,11 +50,91 @@ OFFERED_MAX = 10_000
 
 @dataclass
 class _Page:
-    """Notifications published together, and JetStream's acknowledgements to come."""
+    """Notifications published together, and JetStream's acknowledgements to come (each
+    telling whether the stream already held the message)."""
 
     notifications: Sequence[Notification]
-    futures: list[asyncio.Future[PubAck]]
+    futures: list[asyncio.Future[bool]]
     started: float
+
+
+def _rejection(error: dict[str, Any]) -> APIError:
+    """JetStream's error answer to a publish, as nats-py's exception for it. (`from_error`
+    raises it rather than returning it: nats-py's own `publish_async` lets that escape its
+    callback, and the publish's future waits for its timeout instead of failing at once.)"""
+    try:
+        APIError.from_error(error)
+    except APIError as e:
+        return e
+    return APIError(description=str(error))
+
+
+class _Acks:
+    """Publishes whose JetStream acknowledgements come back to one subscription of the relay's
+    own, each to the future of its message.
+
+    This is what nats-py's `publish_async` does per message, less the semaphore it waits on, the
+    callback it adds to each future and the `PubAck` it builds from each answer: together as
+    much CPU as the rest of the publish, in the process that serves the commands. The relay
+    bounds what is in flight itself (two pages)."""
+
+    def __init__(self, nc: Client, stream: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        # `new_inbox` keeps to the connection's inbox prefix, which NATS permissions allow.
+        self.prefix = nc.new_inbox() + "."
+        self.futures: dict[str, asyncio.Future[bool]] = {}
+        self.sent = 0
+        self.subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self.subscription = await self.nc.subscribe(self.prefix + "*", cb=self._answer)
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            with contextlib.suppress(Exception):
+                await self.subscription.unsubscribe()
+        for fut in self.futures.values():
+            fut.cancel()
+        self.futures.clear()
+
+    async def publish(self, subject: str, body: bytes, msg_id: str) -> asyncio.Future[bool]:
+        self.sent += 1
+        token = str(self.sent)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.futures[token] = fut
+        await self.nc.publish(
+            subject,
+            body,
+            reply=self.prefix + token,
+            headers={"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": self.stream},
+        )
+        return fut
+
+    def forget(self, futures: Sequence[asyncio.Future[bool]]) -> None:
+        """Stop waiting for these (a page given up on): cancel them, drop their tokens."""
+        for fut in futures:
+            fut.cancel()
+        given_up = set(map(id, futures))
+        self.futures = {t: f for t, f in self.futures.items() if id(f) not in given_up}
+
+    async def _answer(self, msg: Msg) -> None:
+        fut = self.futures.pop(msg.subject[len(self.prefix) :], None)
+        if fut is None or fut.done():
+            return  # given up on, or not ours
+        if msg.headers and msg.headers.get("Status") == "503":
+            fut.set_exception(NoStreamResponseError())  # no stream takes the subject
+            return
+        try:
+            answer = orjson.loads(msg.data)
+            if "error" in answer:
+                fut.set_exception(_rejection(answer["error"]))
+            elif "seq" in answer and "stream" in answer:
+                fut.set_result(bool(answer.get("duplicate", False)))
+            else:
+                fut.set_exception(APIError(description=f"not an acknowledgement: {answer!r}"))
+        except Exception as e:
+            fut.set_exception(e)
 
 
 class Relay:
@@ -187,7 +271,16 @@ class Relay:
                 delay = min(delay * 2, 5.0)
 
     async def _pump(self) -> None:
-        js = await self.link.wait()
+        await self.link.wait()
+        assert self.link.nc is not None
+        acks = _Acks(self.link.nc, self.stream)
+        await acks.start()
+        try:
+            await self._pump_with(acks)
+        finally:
+            await acks.close()
+
+    async def _pump_with(self, acks: _Acks) -> None:
         recorder = self.app.recorder
         self.position = (
             await self._worker.run(recorder.max_tracking_id, RELAY_TRACKING_NAME)  # type: ignore[attr-defined]
@@ -217,15 +310,14 @@ class Relay:
                     # Idle time is not lack of progress: start the clock at the new backlog.
                     self.last_progress = time.monotonic()
                 self.caught_up = False
-                page = await self._publish(js, notifications)
+                page = await self._publish(acks, notifications)
                 read_to = notifications[-1].id
             if in_flight is not None:
                 try:
-                    await self._settle(in_flight)
+                    await self._settle(acks, in_flight)
                 except BaseException:
                     if page is not None:
-                        for fut in page.futures:
-                            fut.cancel()
+                        acks.forget(page.futures)
                     raise
             in_flight = page
             if in_flight is not None:
@@ -246,24 +338,18 @@ class Relay:
             except TimeoutError:
                 self._must_read = True  # a poll: anything saved and not offered is read now
 
-    async def _publish(self, js: JetStreamContext, notifications: Sequence[Notification]) -> _Page:
+    async def _publish(self, acks: _Acks, notifications: Sequence[Notification]) -> _Page:
         """Publish a page without waiting for the acknowledgements."""
         started = time.perf_counter()
-        futures: list[asyncio.Future[PubAck]] = []
         message = self._envelopes.message
+        source = self.source
+        futures = []
         for n in notifications:
             subject, body = message(n)
-            futures.append(
-                await js.publish_async(
-                    subject,
-                    body,
-                    stream=self.stream,
-                    headers={"Nats-Msg-Id": contract.msg_id(self.source, n.id)},
-                )
-            )
+            futures.append(await acks.publish(subject, body, contract.msg_id(source, n.id)))
         return _Page(notifications, futures, started)
 
-    async def _settle(self, page: _Page) -> None:
+    async def _settle(self, acks: _Acks, page: _Page) -> None:
         """Wait for a page's acknowledgements and move the position over the longest
         acknowledged prefix: later messages of a failed page are republished (and
         deduplicated) in the next round."""
@@ -272,7 +358,7 @@ class Relay:
         for fut in page.futures:
             try:
                 # Most are acknowledged by now; `wait_for` costs more than the rest per message.
-                ack = (
+                duplicate = (
                     fut.result()
                     if fut.done()
                     else await asyncio.wait_for(fut, self.publish_timeout)
@@ -280,11 +366,11 @@ class Relay:
             except Exception as e:
                 error = e
                 break
-            if ack.duplicate:
+            if duplicate:
                 RELAY_DUPLICATES.labels(self.service).inc()
             acked += 1
-        for fut in page.futures[acked:]:
-            fut.cancel()
+        if acked < len(page.futures):
+            acks.forget(page.futures[acked:])
         if acked:
             last = page.notifications[acked - 1].id
             self.position = last

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import date
 
 from eventsourcing.persistence import OperationalError
@@ -319,3 +320,37 @@ async def test_a_read_that_fails_mid_backlog_loses_nothing(goals_settings, nats_
     await relay_until(app, nats_server.url, 1700)
     assert failed == [1000]
     assert_exactly_once_in_order(await read_stream(nats_server.url, 1700), app, 1700)
+
+
+async def test_publishes_the_stream_rejects_hold_the_relay_until_it_takes_them(
+    goals_settings, nats_server
+):
+    """JetStream refusing part of a page (here a stream full with `discard: new`): the relay
+    moves only over the acknowledged prefix, says why it is stuck, and once the stream takes
+    messages again publishes the rest, every event once, in order."""
+    import nats as nats_py
+    from nats.js.api import DiscardPolicy
+
+    nc = await nats_py.connect(nats_server.url)
+    js = nc.jetstream()
+    config = (await js.stream_info("OKR")).config
+    await js.update_stream(replace(config, max_msgs=300, discard=DiscardPolicy.NEW))
+    app = store_events(goals_settings, 700)
+    link = NatsLink(nats_server.url, "test")
+    await link.start()
+    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05, publish_timeout=2)
+    await relay.start()
+    try:
+        await wait_for(lambda: _async(relay.last_error is not None))
+        await asyncio.sleep(0.5)  # a retry or two against the full stream
+        assert relay.position == 300
+        assert "maximum messages exceeded" in relay.last_error
+        assert not relay.caught_up
+
+        await js.update_stream(replace(config, max_msgs=-1, discard=DiscardPolicy.OLD))
+        await wait_for(lambda: _async(relay.position == 700))
+    finally:
+        await relay.stop()
+        await link.close()
+        await nc.close()
+    assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
