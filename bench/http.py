@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -227,89 +228,131 @@ def _ceiling(
     return result, Usage.now(system) - started
 
 
+@dataclass(frozen=True)
+class _Point:
+    """One check-in point: the check-ins under a load, and the ceiling app under the same load
+    right before and right after it, each with the CPU it took."""
+
+    real: wrk.WrkResult
+    used: Usage
+    before: wrk.WrkResult
+    after: wrk.WrkResult
+    ceiling_used: Usage
+
+    @property
+    def ceiling_rate(self) -> float:
+        # The mean of the two runs takes out a machine that speeds up or slows down steadily.
+        return (self.before.rate + self.after.rate) / 2
+
+    def machine_figure(self, store: str, name: str, **detail: Any) -> Figure:
+        """What a check-in cost the whole machine, every process and the kernel, against what
+        a bare POST cost it: the rate can reach half the ceiling's only if the machine's cores
+        can pay for it."""
+        requests = self.before.requests + self.after.requests
+        return Figure(
+            "checkins",
+            store,
+            name,
+            self.used.per_request(self.real.requests)["machine"],
+            "ms",
+            ceiling=self.ceiling_used.per_request(requests)["machine"],
+            ceiling_name="the machine's CPU per bare FastAPI POST",
+            detail={
+                "cpu_ms_per_check_in": self.used.per_request(self.real.requests),
+                "cpu_ms_per_bare_post": self.ceiling_used.per_request(requests),
+                **detail,
+                "busy": round(self.used.busy_share, 3),
+                "busy_bare_post": round(self.ceiling_used.busy_share, 3),
+            },
+        )
+
+
+def _point(
+    system: System,
+    ids: list[str],
+    token: str,
+    connections: int,
+    seconds: float,
+    paused: tuple[str, ...] = (),
+) -> _Point:
+    """Check-ins beside the ceiling app run right before and right after them, so that both
+    see the same machine; the processes named in `paused` stopped during the check-ins."""
+    before, before_used = _ceiling(system, ids, token, connections, seconds)
+    with contextlib.ExitStack() as stopped:
+        for name in paused:
+            stopped.enter_context(system.processes[name].paused())
+        started = Usage.now(system)
+        real = wrk.run(system.url("checkins"), ids, token, connections=connections, seconds=seconds)
+        used = Usage.now(system) - started
+    if paused:
+        # They work off what the load left before the ceiling runs again.
+        quiet(system, timeout=120)
+    after, after_used = _ceiling(system, ids, token, connections, seconds)
+    if real.failed or before.failed or after.failed:
+        raise RuntimeError(
+            f"errors under load{', ' + ' and '.join(paused) + ' paused' if paused else ''}:"
+            f" checkins {real.errors}, ceiling {before.errors} and {after.errors}"
+        )
+    return _Point(real, used, before, after, before_used + after_used)
+
+
 def throughput(
     system: System, store: str, ids: list[str], clients: list[int], seconds: float
 ) -> tuple[list[Figure], float]:
-    """Check-ins at each number of clients beside the ceiling app, run right before and right
-    after it, so that both see the same machine: the ceiling is the mean of the two, which
-    takes out a machine that speeds up or slows down steadily during the point. Returns the
-    figures and the best check-in rate."""
+    """Check-ins at each number of clients beside the ceiling app (`_point`), then once more
+    at the most clients with the consumers paused. Returns the figures and the best check-in
+    rate."""
     token = bench_token()
     figures: list[Figure] = []
     best = 0.0
     for n in clients:
-        before, before_used = _ceiling(system, ids, token, n, seconds)
-        started = Usage.now(system)
-        real = wrk.run(system.url("checkins"), ids, token, connections=n, seconds=seconds)
-        used = Usage.now(system) - started
-        after, after_used = _ceiling(system, ids, token, n, seconds)
-        ceiling_used = before_used + after_used
-        if real.failed or before.failed or after.failed:
-            raise RuntimeError(
-                f"errors under load: checkins {real.errors},"
-                f" ceiling {before.errors} and {after.errors}"
-            )
-        ceiling_rate = (before.rate + after.rate) / 2
-        ceiling_requests = before.requests + after.requests
+        point = _point(system, ids, token, n, seconds)
+        real, used = point.real, point.used
         best = max(best, real.rate)
+        clients_name = f"{n} client{'s' if n > 1 else ''}"
         figures.append(
             Figure(
                 "checkins",
                 store,
-                f"check-ins/s, {n} client{'s' if n > 1 else ''}",
+                f"check-ins/s, {clients_name}",
                 real.rate,
                 "req/s",
-                ceiling=ceiling_rate,
+                ceiling=point.ceiling_rate,
                 ceiling_name="bare FastAPI POST (same body model and token check), mean of"
                 " the runs before and after",
                 target=">= 0.5" if n > 1 else None,
-                met=judge(real.rate / ceiling_rate, ">= 0.5") if n > 1 else None,
+                met=judge(real.rate / point.ceiling_rate, ">= 0.5") if n > 1 else None,
                 detail={
                     "checkins": real.as_dict(),
-                    "ceiling": before.as_dict(),
-                    "ceiling_after": after.as_dict(),
+                    "ceiling": point.before.as_dict(),
+                    "ceiling_after": point.after.as_dict(),
                 },
             )
         )
         # CPU per request is steadier than a rate on a shared machine: it shows what a
         # change costs or saves even when the run's throughput is off by noise.
-        per_request = used.per_request(real.requests)
-        per_bare = ceiling_used.per_request(ceiling_requests)
+        ceiling_requests = point.before.requests + point.after.requests
         figures.append(
             Figure(
                 "checkins",
                 store,
-                f"checkins CPU per check-in, {n} client{'s' if n > 1 else ''}",
-                per_request.get("checkins", 0.0),
+                f"checkins CPU per check-in, {clients_name}",
+                used.per_request(real.requests).get("checkins", 0.0),
                 "ms",
-                ceiling=per_bare.get("ceiling", 0.0),
+                ceiling=point.ceiling_used.per_request(ceiling_requests).get("ceiling", 0.0),
                 ceiling_name="bare FastAPI POST CPU per request",
-                detail={"cpu_ms_per_check_in": per_request},
+                detail={"cpu_ms_per_check_in": used.per_request(real.requests)},
             )
         )
-        # What a check-in costs the whole machine, every process and the kernel, against what
-        # a bare POST costs it: the rate can reach half the ceiling's only if the machine's
-        # cores can pay for it.
         figures.append(
-            Figure(
-                "checkins",
+            point.machine_figure(
                 store,
-                f"machine CPU per check-in, {n} client{'s' if n > 1 else ''}",
-                per_request["machine"],
-                "ms",
-                ceiling=per_bare["machine"],
-                ceiling_name="the machine's CPU per bare FastAPI POST",
-                detail={
-                    "cpu_ms_per_check_in": per_request,
-                    "cpu_ms_per_bare_post": per_bare,
-                    "context_switches_per_check_in": used.switches_per_request(real.requests),
-                    "context_switches_per_bare_post": ceiling_used.switches_per_request(
-                        ceiling_requests
-                    ),
-                    "busy": round(used.busy_share, 3),
-                    "busy_bare_post": round(ceiling_used.busy_share, 3),
-                    "cores": os.cpu_count(),
-                },
+                f"machine CPU per check-in, {clients_name}",
+                context_switches_per_check_in=used.switches_per_request(real.requests),
+                context_switches_per_bare_post=point.ceiling_used.switches_per_request(
+                    ceiling_requests
+                ),
+                cores=os.cpu_count(),
             )
         )
         if n == 1:
@@ -321,7 +364,7 @@ def throughput(
                     "command p50, 1 client",
                     real.p50_ms,
                     "ms",
-                    ceiling=(before.p50_ms + after.p50_ms) / 2,
+                    ceiling=(point.before.p50_ms + point.after.p50_ms) / 2,
                     ceiling_name="bare FastAPI POST p50",
                     target=limit,
                     met=judge(real.p50_ms, limit),
@@ -345,54 +388,25 @@ def _consumers_paused(
     the ceiling run right before and after: what the command path reaches when it does not
     share the machine's cores with the views and the reviews, which catch up afterwards. No
     target: it shows how much of the gap to the target is the cores being shared."""
-    before, before_used = _ceiling(system, ids, token, connections, seconds)
-    with contextlib.ExitStack() as paused:
-        for name in CONSUMERS:
-            paused.enter_context(system.processes[name].paused())
-        started = Usage.now(system)
-        real = wrk.run(system.url("checkins"), ids, token, connections=connections, seconds=seconds)
-        used = Usage.now(system) - started
-    # The consumers work off what the load left before the ceiling runs again.
-    quiet(system, timeout=120)
-    after, after_used = _ceiling(system, ids, token, connections, seconds)
-    if real.failed or before.failed or after.failed:
-        raise RuntimeError(
-            f"errors under load, consumers paused: checkins {real.errors},"
-            f" ceiling {before.errors} and {after.errors}"
-        )
-    ceiling_used = before_used + after_used
-    per_request = used.per_request(real.requests)
-    per_bare = ceiling_used.per_request(before.requests + after.requests)
+    point = _point(system, ids, token, connections, seconds, paused=CONSUMERS)
     return [
         Figure(
             "checkins",
             store,
             f"check-ins/s, {connections} clients, consumers paused",
-            real.rate,
+            point.real.rate,
             "req/s",
-            ceiling=(before.rate + after.rate) / 2,
+            ceiling=point.ceiling_rate,
             ceiling_name="bare FastAPI POST, mean of the runs before and after",
             detail={
                 "paused": list(CONSUMERS),
-                "checkins": real.as_dict(),
-                "ceiling": before.as_dict(),
-                "ceiling_after": after.as_dict(),
+                "checkins": point.real.as_dict(),
+                "ceiling": point.before.as_dict(),
+                "ceiling_after": point.after.as_dict(),
             },
         ),
-        Figure(
-            "checkins",
-            store,
-            f"machine CPU per check-in, {connections} clients, consumers paused",
-            per_request["machine"],
-            "ms",
-            ceiling=per_bare["machine"],
-            ceiling_name="the machine's CPU per bare FastAPI POST",
-            detail={
-                "cpu_ms_per_check_in": per_request,
-                "cpu_ms_per_bare_post": per_bare,
-                "busy": round(used.busy_share, 3),
-                "busy_bare_post": round(ceiling_used.busy_share, 3),
-            },
+        point.machine_figure(
+            store, f"machine CPU per check-in, {connections} clients, consumers paused"
         ),
     ]
 
