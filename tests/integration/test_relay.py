@@ -4,13 +4,16 @@ in effect, in order, across relay crashes and NATS outages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date
+from typing import Any
 
 from eventsourcing.persistence import OperationalError
 
@@ -58,18 +61,26 @@ async def wait_for(predicate, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def relay_until(app: GoalsApplication, url: str, position: int) -> None:
-    """Run a relay of the goals store (pages of 500) until it has published up to
-    `position`, then stop it."""
+@contextlib.asynccontextmanager
+async def running_relay(app: GoalsApplication, url: str, **options: Any) -> AsyncIterator[Relay]:
+    """A relay of the goals store (pages of 500) on a link of its own, started; stopped and
+    its link closed after the block."""
     link = NatsLink(url, "test")
     await link.start()
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05)
+    relay = Relay(app, "goals", link, **({"batch_size": 500, "poll_interval": 0.05} | options))
     await relay.start()
     try:
-        await wait_for(lambda: _async(relay.position == position))
+        yield relay
     finally:
         await relay.stop()
         await link.close()
+
+
+async def relay_until(app: GoalsApplication, url: str, position: int) -> None:
+    """Run a relay of the goals store until it has published up to `position`, then stop
+    it."""
+    async with running_relay(app, url) as relay:
+        await wait_for(lambda: _async(relay.position == position))
 
 
 async def stream_count(url: str) -> int:
@@ -211,20 +222,15 @@ async def test_relay_waits_for_a_missing_stream(goals_settings, nats_server):
     nc = await nats_py.connect(nats_server.url)
     await nc.jetstream().delete_stream("OKR")
     app = store_events(goals_settings, 10)
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05, publish_timeout=1)
-    await relay.start()
     try:
-        await asyncio.sleep(1.0)
-        assert relay.position == 0 and relay.last_error is not None
-        from tests.support import declare_stream
+        async with running_relay(app, nats_server.url, publish_timeout=1) as relay:
+            await asyncio.sleep(1.0)
+            assert relay.position == 0 and relay.last_error is not None
+            from tests.support import declare_stream
 
-        await declare_stream(nats_server.url)
-        await wait_for(lambda: _async(relay.position == 10))
+            await declare_stream(nats_server.url)
+            await wait_for(lambda: _async(relay.position == 10))
     finally:
-        await relay.stop()
-        await link.close()
         await nc.close()
     assert_exactly_once_in_order(await read_stream(nats_server.url, 10), app, 10)
 
@@ -241,11 +247,6 @@ async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
     reading them back: the store is read once at the start, and what goes out is byte for
     byte what the store's copy of each event makes."""
     app = GoalsApplication(store_env(goals_settings))
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    # A poll interval longer than the test: only the offers can bring these events out.
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=60)
-    app.on_recorded.append(relay.offer)
     reads = {"n": 0}
     select = app.recorder.select_notifications
 
@@ -254,16 +255,14 @@ async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
         return select(*args, **kwargs)
 
     app.recorder.select_notifications = counted
-    await relay.start()
-    try:
+    # A poll interval longer than the test: only the offers can bring these events out.
+    async with running_relay(app, nats_server.url, poll_interval=60) as relay:
+        app.on_recorded.append(relay.offer)
         await wait_for(lambda: _async(reads["n"] == 1))  # the start: nothing stored yet
         for i in range(20):  # saves of 1 to 5 events, from a thread as the writer saves
             await asyncio.to_thread(_schedule, app, [f"C{i}.{j}" for j in range(i % 5 + 1)])
         total = app.recorder.max_notification_id()
         await wait_for(lambda: _async(relay.position == total))
-    finally:
-        await relay.stop()
-        await link.close()
     assert total == 60
     assert reads["n"] == 1
     messages = await read_stream(nats_server.url, total)
@@ -280,23 +279,18 @@ async def test_saves_not_handed_over_are_read_from_the_store(goals_settings, nat
     read from the store: at the next poll, or at once when an offer shows a gap before it."""
     app = GoalsApplication(store_env(goals_settings))
     other = GoalsApplication(store_env(goals_settings))  # not followed by the relay
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    # Recording its position rarely, so that only a poll or an offer wakes it.
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.3, record_every=60)
-    app.on_recorded.append(relay.offer)
-    await relay.start()
     try:
-        await asyncio.to_thread(_schedule, app, ["A1", "A2"])
-        await asyncio.to_thread(_schedule, other, ["B1"])  # only the poll finds it
-        await wait_for(lambda: _async(relay.position == 3), timeout=5)
-        relay.poll_interval = 60  # from here on, only the offer can make it read
-        await asyncio.to_thread(_schedule, other, ["B2", "B3"])
-        await asyncio.to_thread(_schedule, app, ["A3"])  # an offer after a gap: read at once
-        await wait_for(lambda: _async(relay.position == 6), timeout=5)
+        # Recording its position rarely, so that only a poll or an offer wakes it.
+        async with running_relay(app, nats_server.url, poll_interval=0.3, record_every=60) as relay:
+            app.on_recorded.append(relay.offer)
+            await asyncio.to_thread(_schedule, app, ["A1", "A2"])
+            await asyncio.to_thread(_schedule, other, ["B1"])  # only the poll finds it
+            await wait_for(lambda: _async(relay.position == 3), timeout=5)
+            relay.poll_interval = 60  # from here on, only the offer can make it read
+            await asyncio.to_thread(_schedule, other, ["B2", "B3"])
+            await asyncio.to_thread(_schedule, app, ["A3"])  # an offer after a gap: read at once
+            await wait_for(lambda: _async(relay.position == 6), timeout=5)
     finally:
-        await relay.stop()
-        await link.close()
         other.close()
     messages = await read_stream(nats_server.url, 6)
     assert_exactly_once_in_order(messages, app, 6)
@@ -336,21 +330,16 @@ async def test_publishes_the_stream_rejects_hold_the_relay_until_it_takes_them(
     config = (await js.stream_info("OKR")).config
     await js.update_stream(replace(config, max_msgs=300, discard=DiscardPolicy.NEW))
     app = store_events(goals_settings, 700)
-    link = NatsLink(nats_server.url, "test")
-    await link.start()
-    relay = Relay(app, "goals", link, batch_size=500, poll_interval=0.05, publish_timeout=2)
-    await relay.start()
     try:
-        await wait_for(lambda: _async(relay.last_error is not None))
-        await asyncio.sleep(0.5)  # a retry or two against the full stream
-        assert relay.position == 300
-        assert "maximum messages exceeded" in relay.last_error
-        assert not relay.caught_up
+        async with running_relay(app, nats_server.url, publish_timeout=2) as relay:
+            await wait_for(lambda: _async(relay.last_error is not None))
+            await asyncio.sleep(0.5)  # a retry or two against the full stream
+            assert relay.position == 300
+            assert "maximum messages exceeded" in relay.last_error
+            assert not relay.caught_up
 
-        await js.update_stream(replace(config, max_msgs=-1, discard=DiscardPolicy.OLD))
-        await wait_for(lambda: _async(relay.position == 700))
+            await js.update_stream(replace(config, max_msgs=-1, discard=DiscardPolicy.OLD))
+            await wait_for(lambda: _async(relay.position == 700))
     finally:
-        await relay.stop()
-        await link.close()
         await nc.close()
     assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
