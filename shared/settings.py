@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
     # How the relay and the writer batch their work.
-    # Two pages are in flight at once; 2,000 each stays within nats-py's 4,000 pending
-    # publishes (its default), and spends a read and a record per 2,000 events of a backlog.
+    # Two pages are in flight at once; through a backlog each costs one read of the store and
+    # one record of the position, and a crash republishes at most two pages.
     relay_batch_size: int = Field(default=2000, ge=1, le=10_000)
     relay_poll_interval_s: float = Field(default=0.5, gt=0)
     relay_publish_timeout_s: float = Field(default=5.0, gt=0)
