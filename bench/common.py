@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import shutil
 import signal
@@ -43,10 +44,39 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def _outgoing_ports() -> tuple[int, int]:
+    """The range the kernel takes local ports of outgoing connections from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+# Ports handed out by this process, so that no two services are given the same one.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, and outside the range of outgoing connections' local ports.
+
+    A service's port is chosen when the system is set up and kept across its restarts, while
+    the run opens thousands of connections (to PostgreSQL, NATS, the services): a port from
+    the kernel's own free range (binding port 0) could be taken by one of them before the
+    service binds it, and the service would fail to start."""
+    low, high = _outgoing_ports()
+    for _ in range(1000):
+        port = random.randrange(10_000, 65_536)
+        if low <= port <= high or port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port outside the range of outgoing connections")
 
 
 def wait_port(port: int, timeout: float = 10) -> None:

@@ -4,6 +4,7 @@ load generator and the whole machine, per request."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ServiceProcess, machine_cpu_seconds, process_context_switches
+from bench.common import (
+    ServiceProcess,
+    free_port,
+    machine_cpu_seconds,
+    process_context_switches,
+)
 from bench.http import Usage
 
 
@@ -133,3 +139,16 @@ def test_a_paused_process_is_stopped_for_the_block_and_runs_again_after_it(
         assert process.proc.poll() is None
     finally:
         process.stop()
+
+
+def test_service_ports_are_free_distinct_and_never_an_outgoing_connections_port() -> None:
+    # A port from the kernel's free range could be taken by one of the run's own outgoing
+    # connections between setting the system up and a service's (re)start.
+    low, high = (int(p) for p in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(50)]
+
+    assert len(set(ports)) == len(ports)
+    for port in ports:
+        assert not low <= port <= high
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # still free
