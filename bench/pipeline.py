@@ -371,7 +371,7 @@ def _relay_breakdown(app: ServiceApplication, batch_size: int) -> dict[str, floa
     position = 0
     while True:
         started = time.perf_counter()
-        page = recorder.select_notifications(position, batch_size, inclusive_of_start=False)
+        page = recorder.read_log(position, batch_size)
         read += time.perf_counter() - started
         if not page:
             break

@@ -14,7 +14,6 @@ ways give the same bytes (tests/unit/test_envelopes.py).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,14 +25,29 @@ from eventsourcing.persistence import Mapper, Notification, Transcoding
 from eventsourcing.utils import resolve_topic
 
 from shared import contract
+from shared.store import Logged
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+# A UUID as `str(UUID)` writes it (PostgreSQL's text of its `uuid` type).
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A UTC time as `datetime.isoformat()` writes it (microseconds only when not zero).
 _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00")
 _NESTED = (dict, list)
 # orjson reads an integer beyond 64 bits as a float (the mapper's way keeps it an integer,
 # which orjson then refuses to write): a float this large goes the mapper's way.
 _BIG = float(2**63)
+
+
+def _uuid_text(oid: UUID | str) -> str:
+    """An originator's id as `str(UUID)` writes it, from a UUID or from the text a store keeps
+    (32 hex digits on SQLite, the dashed form on PostgreSQL), without building a `UUID` where
+    the text is already one."""
+    if type(oid) is str:
+        if _HEX32.fullmatch(oid):
+            return f"{oid[:8]}-{oid[8:12]}-{oid[12:16]}-{oid[16:20]}-{oid[20:]}"
+        if _UUID_TEXT.fullmatch(oid):
+            return oid
+    return str(oid if isinstance(oid, UUID) else UUID(oid))
 
 
 class _NotSure(Exception):
@@ -60,17 +74,22 @@ class Envelopes:
         self._direct = names is not None and mapper.cipher is None and mapper.compressor is None
         self._kinds: dict[str, _Kind] = {}
 
-    def message(self, n: Notification) -> tuple[str, bytes]:
-        """(subject, body) of the notification's message."""
+    def message(self, n: Notification | Logged) -> tuple[str, bytes]:
+        """(subject, body) of the notification's message (one offered by a save, or read from
+        the log)."""
         kind = self._kinds.get(n.topic)
         if kind is None:
             kind = self._kinds[n.topic] = self._kind(n.topic)
         if self._direct:
             # Anything it is not sure of, or fails at, goes the mapper's way, which raises its
             # own errors.
-            with contextlib.suppress(Exception):
+            try:
                 return kind.subject, self._body(kind, n)
-        event = self.mapper.to_domain_event(n)
+            except Exception:  # noqa: S110
+                pass
+        # A `Logged` row has what the mapper reads; it turns the originator's id into what
+        # the event class declares.
+        event = self.mapper.to_domain_event(n)  # type: ignore[arg-type]
         return (
             contract.subject_for(self.service, type(event)),
             contract.encode(contract.envelope(self.service, n.id, event)),
@@ -85,7 +104,7 @@ class Envelopes:
             fields=contract.public_fields(cls),
         )
 
-    def _body(self, kind: _Kind, n: Notification) -> bytes:
+    def _body(self, kind: _Kind, n: Notification | Logged) -> bytes:
         state = orjson.loads(n.state)
         if type(state) is not dict or state.get("class_version", 1) != kind.version:
             raise _NotSure  # not an event's state, or one to upcast: the mapper's way
@@ -96,8 +115,16 @@ class Envelopes:
             for name in kind.fields:
                 v = state[name]
                 t = type(v)
-                if t is dict or t is list:
-                    v = value(v)
+                if t is dict:
+                    # Mostly a UUID (the transcoding's dict): turned to its text right here.
+                    d = v.get("_data_") if len(v) == 2 and v.get("_type_") == "uuid_hex" else None
+                    if type(d) is str and _HEX32.fullmatch(d):
+                        v = f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}"
+                    else:
+                        v = value(v)
+                elif t is list:
+                    if v:
+                        v = value(v)
                 elif t is float and not -_BIG < v < _BIG:
                     raise _NotSure  # perhaps an integer too big for orjson, read as a float
                 data[name] = v
@@ -113,8 +140,7 @@ class Envelopes:
             or type(causation_id) in _NESTED
         ):
             raise _NotSure
-        oid = n.originator_id
-        originator = str(oid if isinstance(oid, UUID) else UUID(oid))
+        originator = _uuid_text(n.originator_id)
         return contract.encode(
             {
                 "specversion": contract.SPEC_VERSION,

@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from shared import contract
 from shared.envelopes import Envelopes
 from shared.nats import NatsLink
-from shared.store import RELAY_TRACKING_NAME, ServiceApplication
+from shared.store import RELAY_TRACKING_NAME, Logged, ServiceApplication
 from shared.tasks import BlockingWorker, stop_task
 from shared.telemetry import (
     RELAY_BACKLOG,
@@ -53,7 +53,7 @@ class _Page:
     """Notifications published together, and JetStream's acknowledgements to come (each
     telling whether the stream already held the message)."""
 
-    notifications: Sequence[Notification]
+    notifications: Sequence[Notification | Logged]
     futures: list[asyncio.Future[bool]]
     started: float
 
@@ -294,13 +294,12 @@ class Relay:
         self._must_read = True
         while not self._stopping:
             self._wakeup.clear()
-            notifications: Sequence[Notification] = self._next_offered(read_to)
+            notifications: Sequence[Notification | Logged] = self._next_offered(read_to)
             if not notifications and self._must_read:
                 notifications = await self._worker.run(
-                    recorder.select_notifications,
+                    recorder.read_log,  # type: ignore[attr-defined]
                     read_to,
                     self.batch_size,
-                    inclusive_of_start=False,
                 )
                 # A short page is all the store had: what comes next will be offered.
                 self._must_read = len(notifications) >= self.batch_size
@@ -338,7 +337,7 @@ class Relay:
             except TimeoutError:
                 self._must_read = True  # a poll: anything saved and not offered is read now
 
-    async def _publish(self, acks: _Acks, notifications: Sequence[Notification]) -> _Page:
+    async def _publish(self, acks: _Acks, notifications: Sequence[Notification | Logged]) -> _Page:
         """Publish a page without waiting for the acknowledgements."""
         started = time.perf_counter()
         message = self._envelopes.message

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
@@ -59,6 +59,7 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.utils import Environment
 from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -150,6 +151,18 @@ class InboxRecord:
     aggregate_id: str
     version: int
     sequence: int
+
+
+class Logged(NamedTuple):
+    """A stored event as the relay reads it from the notification log (`read_log`): what the
+    library's `Notification` holds, with the originator's id as the text the store keeps (32
+    hex digits on SQLite, the dashed form on PostgreSQL)."""
+
+    id: int
+    originator_id: str
+    originator_version: int
+    topic: str
+    state: bytes
 
 
 # The consumers' inbox (shared/consumer.py): what each consumer applied. In every store, so a
@@ -270,6 +283,21 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
             self.snapshot_recorder._insert_events(c, snapshots)
         self._record_inbox(c, kwargs.get("inbox") or [])
         return ids
+
+    def read_log(self, after: int, limit: int) -> list[Logged]:
+        """The stored events after notification id `after`, at most `limit`, in order: what
+        `select_notifications` returns, read as plain rows. The library's way builds a
+        `sqlite3.Row`, a `UUID` and a frozen dataclass per event: two thirds of its time, and a
+        tenth of the relay's."""
+        with self.datastore.transaction(commit=False) as c:
+            cursor = c.sqlite_cursor
+            cursor.row_factory = None
+            cursor.execute(
+                "SELECT rowid, originator_id, originator_version, topic, state"  # noqa: S608
+                f" FROM {self.events_table_name} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (after, limit),
+            )
+            return list(map(Logged._make, cursor.fetchall()))
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:
         """Documents rebuilt from the events; one already there (written since) is kept."""
@@ -517,6 +545,10 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         self._upsert_document = dialect(UPSERT_DOCUMENT, self.datastore.schema)
         self._upsert_version = dialect(UPSERT_INBOX_VERSION, self.datastore.schema)
         self._upsert_position = dialect(UPSERT_INBOX_POSITION, self.datastore.schema)
+        self._read_log = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            " FROM {schema}.{table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self._insert_lookup = SQL("INSERT INTO {schema}.lookups VALUES (%s, %s, %s)").format(
             schema=schema
         )
@@ -552,6 +584,17 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
                     raise IntegrityError(f"Idempotency key already recorded: {r.key}")
         self._write_beside_events(curs, **kwargs)
         return ids
+
+    def read_log(self, after: int, limit: int) -> list[Logged]:
+        """The stored events after notification id `after`, at most `limit`, in order: what
+        `select_notifications` returns, read as plain rows (no dict and no dataclass per
+        event)."""
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as curs,
+        ):
+            curs.execute(self._read_log, (after, limit), prepare=True)
+            return [Logged(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:
         """Documents rebuilt from the events; one already there (written since) is kept."""

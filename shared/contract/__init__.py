@@ -62,14 +62,16 @@ def type_for(service: str, event_class: type) -> str:
 
 def event_id(originator_id: uuid.UUID | str, version: int) -> str:
     """`str(uuid5(EVENT_ID_NAMESPACE, "<originator id>:<version>"))`, spelled out: the relay
-    computes one per event it publishes, and this takes half the time of building `UUID`s."""
-    name = _EVENT_ID_NAMESPACE_BYTES + f"{originator_id}:{version}".encode()
+    computes one per event it publishes, and this takes a third of the time of `uuid5`."""
     # SHA-1 because UUID version 5 is defined with it; an id, not a security measure.
-    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest[:16].hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(
+        _EVENT_ID_NAMESPACE_BYTES + f"{originator_id}:{version}".encode(), usedforsecurity=False
+    ).hexdigest()
+    # The version digit is 5; the variant's two top bits are 10 (RFC 4122): 8, 9, a or b.
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 # Ids of what the quarter shift creates: derived from what it continues, so that the review

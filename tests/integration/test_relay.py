@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import OperationalError
 
@@ -22,6 +23,7 @@ from services.goals.domain import Cycle
 from services.goals.main import GoalsSettings
 from shared import contract
 from shared.domain import CommandContext, command_context
+from shared.envelopes import Envelopes
 from shared.nats import NatsLink
 from shared.relay import Relay
 from shared.store import RELAY_TRACKING_NAME, store_env
@@ -91,6 +93,29 @@ async def stream_count(url: str) -> int:
         return (await nc.jetstream().stream_info("OKR")).state.messages
     finally:
         await nc.close()
+
+
+def test_the_relays_read_of_the_log_is_the_librarys_notifications(goals_settings) -> None:
+    """`read_log` gives what `select_notifications` gives after a position, the originator's
+    id as the text the store keeps, and the same message is made of either."""
+    app = store_events(goals_settings, 1200)
+    try:
+        envelopes = Envelopes(app.mapper, "goals")
+        for after, limit in ((0, 1200), (0, 500), (499, 2), (1100, 500), (1200, 10)):
+            logged = app.recorder.read_log(after, limit)
+            stored = app.recorder.select_notifications(after, limit, inclusive_of_start=False)
+            assert len(logged) == len(stored) == max(0, min(limit, 1200 - after))
+            for row, n in zip(logged, stored, strict=True):
+                assert isinstance(row.originator_id, str)
+                assert (row.id, UUID(row.originator_id), row.originator_version) == (
+                    n.id,
+                    n.originator_id,
+                    n.originator_version,
+                )
+                assert (row.topic, row.state) == (n.topic, n.state)
+                assert envelopes.message(row) == envelopes.message(n)
+    finally:
+        app.close()
 
 
 async def test_every_stored_event_is_published_once_with_its_envelope(goals_settings, nats_server):
@@ -248,13 +273,13 @@ async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
     byte what the store's copy of each event makes."""
     app = GoalsApplication(store_env(goals_settings))
     reads = {"n": 0}
-    select = app.recorder.select_notifications
+    read_log = app.recorder.read_log
 
     def counted(*args, **kwargs):
         reads["n"] += 1
-        return select(*args, **kwargs)
+        return read_log(*args, **kwargs)
 
-    app.recorder.select_notifications = counted
+    app.recorder.read_log = counted
     # A poll interval longer than the test: only the offers can bring these events out.
     async with running_relay(app, nats_server.url, poll_interval=60) as relay:
         app.on_recorded.append(relay.offer)
@@ -267,7 +292,7 @@ async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
     assert reads["n"] == 1
     messages = await read_stream(nats_server.url, total)
     assert_exactly_once_in_order(messages, app, total)
-    stored = select(None, total + 10)
+    stored = app.recorder.select_notifications(None, total + 10)
     assert [m.data for m in messages] == [
         contract.encode(contract.envelope("goals", n.id, app.mapper.to_domain_event(n)))
         for n in stored
@@ -301,16 +326,16 @@ async def test_a_read_that_fails_mid_backlog_loses_nothing(goals_settings, nats_
     """The store failing on a page in the middle of a backlog: the relay starts again from
     what it recorded, and every event still goes out once, in order."""
     app = store_events(goals_settings, 1700)
-    select = app.recorder.select_notifications
+    read_log = app.recorder.read_log
     failed: list[int] = []
 
     def reads(after, *args, **kwargs):
         if after == 1000 and not failed:
             failed.append(after)
             raise OperationalError("simulated: the store went away mid-backlog")
-        return select(after, *args, **kwargs)
+        return read_log(after, *args, **kwargs)
 
-    app.recorder.select_notifications = reads
+    app.recorder.read_log = reads
     await relay_until(app, nats_server.url, 1700)
     assert failed == [1000]
     assert_exactly_once_in_order(await read_stream(nats_server.url, 1700), app, 1700)

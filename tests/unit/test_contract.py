@@ -6,9 +6,11 @@ older version are read back at the current one."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
+import random
 import shutil
 import subprocess
 import uuid
@@ -228,3 +230,17 @@ def test_event_ids_are_the_uuid5_of_the_originator_and_version() -> None:
             expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator}:{version}")
             assert event_id(originator, version) == str(expected)
             assert event_id(str(originator), version) == str(expected)
+
+
+def test_event_ids_have_uuid5s_version_and_variant_whatever_the_digest() -> None:
+    """The version and variant digits are set from the SHA-1 digest's own: every digit the
+    digest can have there must come out as `uuid5` makes it."""
+    rng = random.Random(5)
+    digits = set()
+    for _ in range(2000):
+        originator, version = uuid.UUID(int=rng.getrandbits(128)), rng.randrange(1, 10**12)
+        expected = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator}:{version}"))
+        assert event_id(originator, version) == expected
+        digest = hashlib.sha1(EVENT_ID_NAMESPACE.bytes + f"{originator}:{version}".encode())
+        digits.add((digest.hexdigest()[12], digest.hexdigest()[16]))
+    assert {v for v, _ in digits} == {a for _, a in digits} == set("0123456789abcdef")

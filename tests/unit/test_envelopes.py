@@ -26,7 +26,7 @@ from eventsourcing.persistence import (
 from shared import contract
 from shared.domain import CommandContext, OkrAggregate, command_context
 from shared.envelopes import Envelopes
-from shared.store import DateAsISO
+from shared.store import DateAsISO, Logged
 
 SERVICE = "goals"
 
@@ -253,3 +253,16 @@ def test_an_originator_id_read_as_text_gives_the_same_message() -> None:
         state=n.state,
     )
     assert Envelopes(m, SERVICE).message(as_text) == by_the_mapper(m, n)
+
+
+@pytest.mark.parametrize("spelling", [lambda u: u.hex, str, lambda u: str(u).upper()])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_an_event_read_from_the_log_gives_the_same_message(spelling: Any, compressed: bool) -> None:
+    """The relay reads the log as plain rows (`Logged`), the originator's id as the store's
+    text: 32 hex digits on SQLite, the dashed form on PostgreSQL. Either way, and the mapper's
+    way too (a compressed store), the message is the one its notification makes."""
+    m = mapper(compressor=ZlibCompressor()) if compressed else mapper()
+    n = notification(m.to_stored_event(noted()))
+    assert isinstance(n.originator_id, uuid.UUID)
+    row = Logged(n.id, spelling(n.originator_id), n.originator_version, n.topic, n.state)
+    assert Envelopes(m, SERVICE).message(row) == by_the_mapper(m, n)
