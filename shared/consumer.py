@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -133,6 +134,12 @@ class Received:
     actor: str
     correlation_id: str
     causation_id: str
+
+    @cached_property
+    def aggregate_key(self) -> str:
+        """The aggregate's id as text (`str(UUID)`), made once: the inbox and the views key
+        their rows by it, several times per event."""
+        return str(self.aggregate_id)
 
     @property
     def service(self) -> str:
@@ -367,7 +374,7 @@ class Inbox:
                 applied: dict[tuple[str, str], int] = {}  # the newest version per aggregate
                 for i in order:
                     ev = events[i]
-                    key = (ev.source, str(ev.aggregate_id))
+                    key = (ev.source, ev.aggregate_key)
                     known = versions.get(key, 0)
                     if ev.aggregate_version <= known:
                         outcomes[i] = Outcome.DUPLICATE
@@ -421,7 +428,7 @@ class Inbox:
         found: dict[tuple[str, str], int] = {}
         ids_by_source: dict[str, set[str]] = {}
         for e in events:
-            key = (e.source, str(e.aggregate_id))
+            key = (e.source, e.aggregate_key)
             version = self._known.get(key)
             if version is not None:
                 found[key] = version
@@ -504,7 +511,7 @@ class ProcessInbox:
             row = tx.execute(
                 "SELECT version FROM {t}inbox_versions WHERE consumer = ? AND source = ?"
                 " AND aggregate_id = ?",
-                (self.consumer, event.source, str(event.aggregate_id)),
+                (self.consumer, event.source, event.aggregate_key),
             ).fetchone()
         return 0 if row is None else int(row["version"])
 
@@ -539,7 +546,7 @@ class ProcessInbox:
             record = InboxRecord(
                 self.consumer,
                 event.source,
-                str(event.aggregate_id),
+                event.aggregate_key,
                 event.aggregate_version,
                 event.sequence,
             )

@@ -262,7 +262,7 @@ class Views:
                 event.actor,
                 event.service,
                 event.name.split(".")[2],
-                str(event.aggregate_id),
+                event.aggregate_key,
                 effect.related_id,
                 event.name,
                 _dump(effect.changes),
@@ -326,7 +326,7 @@ class Views:
     # --- goals ----------------------------------------------------------------------------
 
     def goals_entity(self, tx: Tx, kind: str, event: Received) -> Effect:
-        entity_id = str(event.aggregate_id)
+        entity_id = event.aggregate_key
         data = event.data
         before = self.current(tx, kind, entity_id)
         created = before is None
@@ -474,7 +474,7 @@ class Views:
         )
 
     def meeting(self, tx: Tx, event: Received) -> Effect:
-        entity_id = str(event.aggregate_id)
+        entity_id = event.aggregate_key
         before = self.current(tx, "meeting", entity_id)
         data = event.data
         if before is None:
@@ -498,7 +498,7 @@ class Views:
     # --- reviews --------------------------------------------------------------------------
 
     def review(self, tx: Tx, event: Received) -> Effect:
-        entity_id = str(event.aggregate_id)
+        entity_id = event.aggregate_key
         data = event.data
         name = event.name.rsplit(".", 1)[1]
         before = self.current(tx, "review", entity_id)

@@ -60,6 +60,9 @@ def test_a_valid_envelope_is_read() -> None:
     assert received.name == SUBJECT
     assert received.version == 1
     assert str(received.aggregate_id) == AGG
+    # The id the inbox and the views key rows by: the canonical text, whatever the spelling.
+    upper = parse(SUBJECT, encode(envelope(subject=AGG.upper())), "okr/goals:7")
+    assert received.aggregate_key == upper.aggregate_key == AGG
     assert received.aggregate_version == 1
     assert received.sequence == 7
     assert received.actor == "alice"
