@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from shared import contract
 from shared.envelopes import Envelopes
 from shared.nats import NatsLink
-from shared.store import RELAY_TRACKING_NAME, Logged, ServiceApplication
+from shared.store import RELAY_TRACKING_NAME, Logged, ServiceApplication, SQLiteStoreRecorder
 from shared.tasks import BlockingWorker, stop_task
 from shared.telemetry import (
     RELAY_BACKLOG,
@@ -402,3 +402,13 @@ class Relay:
             Tracking(application_name=RELAY_TRACKING_NAME, notification_id=position),
         )
         self._recorded, self._recorded_at = position, time.monotonic()
+
+
+def rewind(app: ServiceApplication, position: int) -> int:
+    """Move the relay's recorded position back to `position` (0: the start of the log), so
+    that the relay publishes everything after it again when the service next starts: after
+    NATS lost messages it had acknowledged. Run it with the service stopped (a running relay
+    records its own position again). Returns the position it was at; raises `RewindRefused`
+    for a move forward, which would skip events."""
+    recorder: SQLiteStoreRecorder = app.recorder  # type: ignore[assignment]
+    return recorder.rewind_tracking(RELAY_TRACKING_NAME, position)

@@ -222,6 +222,20 @@ def _inbox_rows(
     return versions, positions
 
 
+class RewindRefused(ValueError):
+    """A tracked position may only move back: forward, it would skip what is between."""
+
+
+def _check_rewind(was: int, position: int) -> None:
+    if position < 0:
+        raise RewindRefused(f"a position is 0 or more, not {position}")
+    if position > was:
+        raise RewindRefused(
+            f"it is at {was}: moving it forward to {position} would skip the events between;"
+            " it only moves back"
+        )
+
+
 def _body(text: str) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(text)
     return body
@@ -297,6 +311,25 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
                 (after, limit),
             )
             return list(map(Logged._make, cursor.fetchall()))
+
+    def rewind_tracking(self, name: str, position: int) -> int:
+        """Move what `name` tracked back to `position` (0: nothing), in one transaction;
+        returns where it was. `RewindRefused` if that would move it forward."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "SELECT MAX(notification_id) FROM tracking WHERE application_name = ?", (name,)
+            )
+            was = int(c.fetchone()[0] or 0)
+            _check_rewind(was, position)
+            c.execute(
+                "DELETE FROM tracking WHERE application_name = ? AND notification_id > ?",
+                (name, position),
+            )
+            if position:
+                c.execute(
+                    "INSERT INTO tracking VALUES (?, ?) ON CONFLICT DO NOTHING", (name, position)
+                )
+        return was
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:
         """Documents rebuilt from the events; one already there (written since) is kept."""
@@ -594,6 +627,40 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         ):
             curs.execute(self._read_log, (after, limit), prepare=True)
             return [Logged(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
+
+    def rewind_tracking(self, name: str, position: int) -> int:
+        """Move what `name` tracked back to `position` (0: nothing), in one transaction;
+        returns where it was. `RewindRefused` if that would move it forward."""
+        table = SQL("{schema}.{table}").format(
+            schema=Identifier(self.datastore.schema), table=Identifier(self.tracking_table_name)
+        )
+        with self.datastore.transaction(commit=True) as curs:
+            # Locked, so that a relay recording its position waits for the rewind, or the
+            # rewind for it.
+            curs.execute(SQL("LOCK TABLE {table} IN EXCLUSIVE MODE").format(table=table))
+            curs.execute(
+                SQL(
+                    "SELECT MAX(notification_id) AS n FROM {table} WHERE application_name = %s"
+                ).format(table=table),
+                (name,),
+            )
+            row = curs.fetchone()
+            was = int(row["n"] or 0) if row else 0
+            _check_rewind(was, position)
+            curs.execute(
+                SQL(
+                    "DELETE FROM {table} WHERE application_name = %s AND notification_id > %s"
+                ).format(table=table),
+                (name, position),
+            )
+            if position:
+                curs.execute(
+                    SQL("INSERT INTO {table} VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
+                        table=table
+                    ),
+                    (name, position),
+                )
+        return was
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:
         """Documents rebuilt from the events; one already there (written since) is kept."""

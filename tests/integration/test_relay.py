@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any
 from uuid import UUID
 
+import pytest
 from eventsourcing.persistence import OperationalError
 
 from services.goals.application import GoalsApplication
@@ -26,9 +27,10 @@ from shared.domain import CommandContext, command_context
 from shared.envelopes import Envelopes
 from shared.nats import NatsLink
 from shared.relay import Relay
+from shared.serve import command
 from shared.store import RELAY_TRACKING_NAME, store_env
 from shared.telemetry import RELAY_DUPLICATES
-from tests.support import SECRET, bodies, free_port, read_stream
+from tests.support import SECRET, bodies, declare_stream, free_port, read_stream
 
 CTX = CommandContext(
     actor="loader", correlation_id="c", causation_id="c", roles=frozenset({"admin"})
@@ -368,3 +370,79 @@ async def test_publishes_the_stream_rejects_hold_the_relay_until_it_takes_them(
     finally:
         await nc.close()
     assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
+
+
+async def _stream_lost(url: str) -> None:
+    """NATS lost the stream's messages (a disk lost, a stream deleted): it is declared again,
+    empty."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream("OKR")
+    finally:
+        await nc.close()
+    await declare_stream(url)
+    assert await stream_count(url) == 0
+
+
+def _rewind(settings: GoalsSettings, *args: str) -> int:
+    return command(settings, GoalsApplication, ["relay-rewind", *args])
+
+
+async def test_a_relay_rewound_to_the_start_publishes_every_event_again(
+    goals_settings, nats_server, capsys
+):
+    """After NATS lost messages the relay had recorded as published, the operator stops the
+    service and rewinds its relay: the whole log goes out again, once, in order."""
+    app = store_events(goals_settings, 700)
+    await relay_until(app, nats_server.url, 700)
+    app.close()  # the service stopped
+    await _stream_lost(nats_server.url)
+
+    assert _rewind(goals_settings, "--to", "0") == 0
+    assert "was at 700 and is now at 0" in capsys.readouterr().out
+
+    app = GoalsApplication(store_env(goals_settings))
+    assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) in (None, 0)
+    await relay_until(app, nats_server.url, 700)
+    assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
+    assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 700
+
+
+async def test_a_relay_rewound_part_way_publishes_what_follows_the_position(
+    goals_settings, nats_server
+):
+    app = store_events(goals_settings, 700)
+    await relay_until(app, nats_server.url, 700)
+    app.close()
+    await _stream_lost(nats_server.url)
+
+    assert _rewind(goals_settings, "--to", "300") == 0
+    app = GoalsApplication(store_env(goals_settings))
+    assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 300
+    await relay_until(app, nats_server.url, 700)
+    messages = await read_stream(nats_server.url, 400)
+    assert [b["sequence"] for b in bodies(messages)] == list(range(301, 701))
+    app.close()
+
+
+async def test_a_rewind_forward_or_below_zero_is_refused_and_changes_nothing(
+    goals_settings, nats_server, capsys
+):
+    app = store_events(goals_settings, 20)
+    try:
+        assert _rewind(goals_settings, "--to", "5") == 2  # nothing published yet
+        assert "it is at 0: moving it forward to 5" in capsys.readouterr().err
+        await relay_until(app, nats_server.url, 20)
+        for position in ("21", "-1"):
+            assert _rewind(goals_settings, "--to", position) == 2
+            assert "relay-rewind refused for the goals relay" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as usage:
+            _rewind(goals_settings, "--to", "ten")
+        assert usage.value.code == 2
+        assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 20
+        assert _rewind(goals_settings, "--to", "20") == 0  # where it is: nothing moves
+        assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 20
+    finally:
+        app.close()
