@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -114,6 +115,10 @@ KNOWN_VERSIONS = 50_000
 ONE_TRIP_EVENTS = 64
 
 
+# A UUID as `str(UUID)` writes it: an aggregate's id as the relays publish it.
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 class InvalidMessage(Exception):
     """A message that is not a valid event envelope, or whose data cannot be applied."""
 
@@ -126,7 +131,9 @@ class Received:
     id: str
     source: str
     type: str
-    aggregate_id: UUID
+    # The aggregate's id as `str(UUID)` writes it, whatever spelling the envelope used: the
+    # inbox and the views key their rows by it, several times per event.
+    aggregate_key: str
     aggregate_version: int
     sequence: int
     time: datetime
@@ -136,10 +143,9 @@ class Received:
     causation_id: str
 
     @cached_property
-    def aggregate_key(self) -> str:
-        """The aggregate's id as text (`str(UUID)`), made once: the inbox and the views key
-        their rows by it, several times per event."""
-        return str(self.aggregate_id)
+    def aggregate_id(self) -> UUID:
+        """The aggregate's id, made only where a `UUID` is wanted (a policy, the catalogue)."""
+        return UUID(self.aggregate_key)
 
     @property
     def service(self) -> str:
@@ -195,10 +201,12 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
     name, _, version = event_type.rpartition(".v")
     if name != subject or not version.isdigit():
         raise InvalidMessage(f"type {event_type!r} does not match subject {subject!r}")
-    try:
-        aggregate_id = UUID(_text(body, "subject", 64))
-    except ValueError as e:
-        raise InvalidMessage("`subject` must be the aggregate's UUID") from e
+    aggregate_key = _text(body, "subject", 64)
+    if not _UUID_TEXT.fullmatch(aggregate_key):  # any other spelling `UUID` reads
+        try:
+            aggregate_key = str(UUID(aggregate_key))
+        except ValueError as e:
+            raise InvalidMessage("`subject` must be the aggregate's UUID") from e
     try:
         at = datetime.fromisoformat(_text(body, "time", 64))
     except ValueError as e:
@@ -227,7 +235,7 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
         id=_text(body, "id", 64),
         source=source,
         type=latest.type,
-        aggregate_id=aggregate_id,
+        aggregate_key=aggregate_key,
         aggregate_version=_positive(body, "aggregateversion"),
         sequence=sequence,
         time=at,

@@ -60,9 +60,14 @@ def test_a_valid_envelope_is_read() -> None:
     assert received.name == SUBJECT
     assert received.version == 1
     assert str(received.aggregate_id) == AGG
-    # The id the inbox and the views key rows by: the canonical text, whatever the spelling.
-    upper = parse(SUBJECT, encode(envelope(subject=AGG.upper())), "okr/goals:7")
-    assert received.aggregate_key == upper.aggregate_key == AGG
+    # The id the inbox and the views key rows by: the canonical text, whatever spelling of
+    # the UUID the envelope used.
+    assert received.aggregate_key == AGG
+    hex32 = uuid.UUID(AGG).hex
+    for spelling in (AGG.upper(), "{" + AGG + "}", f"urn:uuid:{AGG}", hex32):
+        other = parse(SUBJECT, encode(envelope(subject=spelling)), "okr/goals:7")
+        assert other.aggregate_key == AGG
+        assert other.aggregate_id == uuid.UUID(AGG)
     assert received.aggregate_version == 1
     assert received.sequence == 7
     assert received.actor == "alice"
