@@ -7,7 +7,9 @@ hands it the events it committed (`offer`): when they are the next ones of the l
 publishes them without reading them back from the store. After a crash it starts again from
 the recorded position: anything published but not yet recorded goes out again with the same
 `Nats-Msg-Id`, which JetStream drops within its duplicate window and subscribers drop by
-(source, sequence) after it.
+(source, sequence) after it. An operator may move the recorded position back (`rewind`,
+after NATS lost messages): the relay records only over what it recorded itself, so it
+notices, and starts again from there.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import Notification
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -135,6 +137,11 @@ class _Acks:
                 fut.set_exception(APIError(description=f"not an acknowledgement: {answer!r}"))
         except Exception as e:
             fut.set_exception(e)
+
+
+class _Rewound(Exception):
+    """The recorded position is no longer the one the relay recorded: an operator moved it
+    back under the running relay."""
 
 
 class Relay:
@@ -250,6 +257,15 @@ class Relay:
                 await self._pump()
             except asyncio.CancelledError:
                 raise
+            except _Rewound:
+                # Not a failure: what is in flight is dropped, and the next round reads the
+                # rewound position and publishes from there.
+                log.warning(
+                    "relay of %s: the recorded position is no longer its own (moved back by"
+                    " relay-rewind); publishing from the recorded one",
+                    self.service,
+                )
+                continue
             except Exception as e:
                 if self._stopping:
                     return
@@ -336,6 +352,7 @@ class Relay:
                 await asyncio.wait_for(self._wakeup.wait(), wait)
             except TimeoutError:
                 self._must_read = True  # a poll: anything saved and not offered is read now
+                await self._check_not_rewound()
 
     async def _publish(self, acks: _Acks, notifications: Sequence[Notification | Logged]) -> _Page:
         """Publish a page without waiting for the acknowledgements."""
@@ -395,20 +412,35 @@ class Relay:
             max_id = await self._worker.run(self.app.recorder.max_notification_id)
             RELAY_BACKLOG.labels(self.service).set(max(0, (max_id or 0) - self.position))
 
-    async def _record(self) -> None:
-        position = self.position
-        await self._worker.run(
-            self.app.recorder.insert_tracking,  # type: ignore[attr-defined]
-            Tracking(application_name=RELAY_TRACKING_NAME, notification_id=position),
+    async def _check_not_rewound(self) -> None:
+        """While idle, at each poll: an operator's rewind is taken at once, rather than at
+        the next record."""
+        recorded = await self._worker.run(
+            self.app.recorder.max_tracking_id,  # type: ignore[attr-defined]
+            RELAY_TRACKING_NAME,
         )
+        if (recorded or 0) < self._recorded:
+            raise _Rewound
+
+    async def _record(self) -> None:
+        """Record the position, unless the one recorded is no longer the relay's own: an
+        operator moved it back (`rewind`), and the relay starts again from there."""
+        position = self.position
+        recorder: SQLiteStoreRecorder = self.app.recorder  # type: ignore[assignment]
+        recorded = await self._worker.run(
+            recorder.advance_tracking, RELAY_TRACKING_NAME, self._recorded, position
+        )
+        if not recorded:
+            raise _Rewound
         self._recorded, self._recorded_at = position, time.monotonic()
 
 
 def rewind(app: ServiceApplication, position: int) -> int:
     """Move the relay's recorded position back to `position` (0: the start of the log), so
-    that the relay publishes everything after it again when the service next starts: after
-    NATS lost messages it had acknowledged. Run it with the service stopped (a running relay
-    records its own position again). Returns the position it was at; raises `RewindRefused`
-    for a move forward, which would skip events."""
+    that the relay publishes everything after it again: after NATS lost messages it had
+    acknowledged. A running relay notices at its next poll when idle, or when it next
+    records its position (it records only over what it recorded itself), and starts again
+    from there; a stopped one starts from there. Returns the position it was at; raises
+    `RewindRefused` for a move forward, which would skip events."""
     recorder: SQLiteStoreRecorder = app.recorder  # type: ignore[assignment]
     return recorder.rewind_tracking(RELAY_TRACKING_NAME, position)

@@ -60,8 +60,8 @@ def command(
     commands = parser.add_subparsers(dest="command", required=True)
     relay_rewind = commands.add_parser(
         "relay-rewind",
-        help="publish the events after a position again (the service stopped): after NATS "
-        "lost messages it had acknowledged",
+        help="publish the events after a position again: after NATS lost messages it had "
+        "acknowledged",
     )
     relay_rewind.add_argument(
         "--to",
@@ -81,8 +81,9 @@ def command(
     finally:
         app.close()
     print(
-        f"the {settings.service} relay was at {was} and is now at {chosen.to}: when the"
-        f" service starts, it publishes its events after {chosen.to} again (subscribers"
-        " drop those they already have)"
+        f"the {settings.service} relay was at {was} and is now at {chosen.to}: it publishes"
+        f" the events after {chosen.to} again, at once if the service is running and idle,"
+        " after its next batch if it is busy, or when it starts (subscribers drop those they"
+        " already have)"
     )
     return 0

@@ -41,6 +41,7 @@ from eventsourcing.persistence import (
     PersistenceError,
     ProgrammingError,
     StoredEvent,
+    Tracking,
     Transcoding,
 )
 from eventsourcing.postgres import (
@@ -311,6 +312,25 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
                 (after, limit),
             )
             return list(map(Logged._make, cursor.fetchall()))
+
+    def advance_tracking(self, name: str, was: int, position: int) -> bool:
+        """Record `position` for `name` if what is recorded is still `was` (0: nothing):
+        false, with nothing written, when it was moved meanwhile (`rewind_tracking`)."""
+        if not self.datastore.single_row_tracking:
+            self.insert_tracking(Tracking(application_name=name, notification_id=position))
+            return True
+        with self.datastore.transaction(commit=True) as c:
+            if was:
+                c.execute(
+                    "UPDATE tracking SET notification_id = ?"
+                    " WHERE application_name = ? AND notification_id = ?",
+                    (position, name, was),
+                )
+            else:
+                c.execute(
+                    "INSERT INTO tracking VALUES (?, ?) ON CONFLICT DO NOTHING", (name, position)
+                )
+            return bool(c.sqlite_cursor.rowcount == 1)
 
     def rewind_tracking(self, name: str, position: int) -> int:
         """Move what `name` tracked back to `position` (0: nothing), in one transaction;
@@ -627,6 +647,33 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         ):
             curs.execute(self._read_log, (after, limit), prepare=True)
             return [Logged(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
+
+    def advance_tracking(self, name: str, was: int, position: int) -> bool:
+        """Record `position` for `name` if what is recorded is still `was` (0: nothing):
+        false, with nothing written, when it was moved meanwhile (`rewind_tracking`)."""
+        if not self.datastore.single_row_tracking:
+            self.insert_tracking(Tracking(application_name=name, notification_id=position))
+            return True
+        table = SQL("{schema}.{table}").format(
+            schema=Identifier(self.datastore.schema), table=Identifier(self.tracking_table_name)
+        )
+        with self.datastore.transaction(commit=True) as curs:
+            if was:
+                curs.execute(
+                    SQL(
+                        "UPDATE {table} SET notification_id = %s"
+                        " WHERE application_name = %s AND notification_id = %s"
+                    ).format(table=table),
+                    (position, name, was),
+                )
+            else:
+                curs.execute(
+                    SQL("INSERT INTO {table} VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
+                        table=table
+                    ),
+                    (name, position),
+                )
+            return bool(curs.rowcount == 1)
 
     def rewind_tracking(self, name: str, position: int) -> int:
         """Move what `name` tracked back to `position` (0: nothing), in one transaction;

@@ -140,16 +140,16 @@ async def test_crash_between_publish_and_record_republishes_without_duplicates(
     goals_settings, nats_server
 ):
     app = store_events(goals_settings, 700)
-    original = app.recorder.insert_tracking
+    original = app.recorder.advance_tracking
     calls = {"n": 0}
 
-    def crash_once(tracking):
+    def crash_once(*args):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated crash after publishing, before recording")
-        return original(tracking)
+        return original(*args)
 
-    app.recorder.insert_tracking = crash_once
+    app.recorder.advance_tracking = crash_once
     before = RELAY_DUPLICATES.labels("goals")._value.get()
     await relay_until(app, nats_server.url, 700)
     # Both pages were in flight when recording failed (the second is published while the
@@ -444,5 +444,47 @@ async def test_a_rewind_forward_or_below_zero_is_refused_and_changes_nothing(
         assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 20
         assert _rewind(goals_settings, "--to", "20") == 0  # where it is: nothing moves
         assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 20
+    finally:
+        app.close()
+
+
+async def test_a_running_idle_relay_takes_a_rewind_at_its_next_poll(goals_settings, nats_server):
+    """The service need not be stopped: an idle relay sees at its next poll that its
+    position was moved back, and publishes from there, in order."""
+    app = store_events(goals_settings, 700)
+    try:
+        async with running_relay(app, nats_server.url) as relay:
+            await wait_for(lambda: _async(relay.position == 700 and relay.caught_up))
+            await wait_for(lambda: _async(app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 700))
+            await _stream_lost(nats_server.url)
+            assert await asyncio.to_thread(_rewind, goals_settings, "--to", "300") == 0
+            await wait_for(lambda: _async(relay.position == 700), timeout=10)
+            messages = await read_stream(nats_server.url, 400)
+            assert relay.last_error is None
+        assert [b["sequence"] for b in bodies(messages)] == list(range(301, 701))
+        assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 700
+    finally:
+        app.close()
+
+
+async def test_a_busy_relay_never_records_over_a_rewind(goals_settings, nats_server):
+    """A relay publishing when the rewind comes records its next position only over the one
+    it recorded itself: finding it moved, it starts again from the rewound position, and
+    every event from there reaches the stream once (JetStream drops the repeats)."""
+    app = store_events(goals_settings, 700)
+    try:
+        # No polls: only a record can reveal the rewind. A record after every page.
+        async with running_relay(app, nats_server.url, poll_interval=60, record_every=0) as relay:
+            app.on_recorded.append(relay.offer)
+            await wait_for(lambda: _async(relay.position == 700))
+            await wait_for(lambda: _async(app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 700))
+            await _stream_lost(nats_server.url)
+            assert await asyncio.to_thread(_rewind, goals_settings, "--to", "300") == 0
+            await asyncio.to_thread(_schedule, app, ["After1", "After2"])
+            await wait_for(lambda: _async(relay.position == 702), timeout=10)
+            await wait_for(lambda: _async(app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == 702))
+            messages = await read_stream(nats_server.url, 402)
+        sequences = [b["sequence"] for b in bodies(messages)]
+        assert sorted(sequences) == list(range(301, 703))  # each once, whatever the order
     finally:
         app.close()
