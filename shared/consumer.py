@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -53,6 +52,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from shared.contract import UUID_TEXT
 from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
 from shared.logs import bind
@@ -113,10 +113,6 @@ KNOWN_VERSIONS = 50_000
 # Above it, the client-side binding costs more than the round trips it saves: a rebuild's
 # batches of 1,000 events went from 5,200 to 3,300 events/s that way.
 ONE_TRIP_EVENTS = 64
-
-
-# A UUID as `str(UUID)` writes it: an aggregate's id as the relays publish it.
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class InvalidMessage(Exception):
@@ -202,7 +198,7 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
     if name != subject or not version.isdigit():
         raise InvalidMessage(f"type {event_type!r} does not match subject {subject!r}")
     aggregate_key = _text(body, "subject", 64)
-    if not _UUID_TEXT.fullmatch(aggregate_key):  # any other spelling `UUID` reads
+    if not UUID_TEXT.fullmatch(aggregate_key):  # any other spelling `UUID` reads
         try:
             aggregate_key = str(UUID(aggregate_key))
         except ValueError as e:

@@ -28,8 +28,6 @@ from shared import contract
 from shared.store import Logged
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-# A UUID as `str(UUID)` writes it (PostgreSQL's text of its `uuid` type).
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A UTC time as `datetime.isoformat()` writes it (microseconds only when not zero).
 _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00")
 _NESTED = (dict, list)
@@ -38,14 +36,19 @@ _NESTED = (dict, list)
 _BIG = float(2**63)
 
 
+def _dashed(hex32: str) -> str:
+    """32 lower-case hex digits as `str(UUID)` writes them."""
+    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
+
+
 def _uuid_text(oid: UUID | str) -> str:
     """An originator's id as `str(UUID)` writes it, from a UUID or from the text a store keeps
     (32 hex digits on SQLite, the dashed form on PostgreSQL), without building a `UUID` where
     the text is already one."""
     if type(oid) is str:
         if _HEX32.fullmatch(oid):
-            return f"{oid[:8]}-{oid[8:12]}-{oid[12:16]}-{oid[16:20]}-{oid[20:]}"
-        if _UUID_TEXT.fullmatch(oid):
+            return _dashed(oid)
+        if contract.UUID_TEXT.fullmatch(oid):
             return oid
     return str(oid if isinstance(oid, UUID) else UUID(oid))
 
@@ -119,7 +122,7 @@ class Envelopes:
                     # Mostly a UUID (the transcoding's dict): turned to its text right here.
                     d = v.get("_data_") if len(v) == 2 and v.get("_type_") == "uuid_hex" else None
                     if type(d) is str and _HEX32.fullmatch(d):
-                        v = f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}"
+                        v = _dashed(d)
                     else:
                         v = value(v)
                 elif t is list:
@@ -178,7 +181,7 @@ class Envelopes:
             if len(value) == 2 and "_type_" in value and "_data_" in value:
                 name, data = value["_type_"], value["_data_"]
                 if name == "uuid_hex" and type(data) is str and _HEX32.fullmatch(data):
-                    return f"{data[:8]}-{data[8:12]}-{data[12:16]}-{data[16:20]}-{data[20:]}"
+                    return _dashed(data)
                 transcoding = self._transcodings.get(name)
                 if transcoding is None:
                     raise _NotSure  # the mapper raises its own error for it

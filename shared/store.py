@@ -227,14 +227,87 @@ class RewindRefused(ValueError):
     """A tracked position may only move back: forward, it would skip what is between."""
 
 
-def _check_rewind(was: int, position: int) -> None:
-    if position < 0:
-        raise RewindRefused(f"a position is 0 or more, not {position}")
-    if position > was:
-        raise RewindRefused(
-            f"it is at {was}: moving it forward to {position} would skip the events between;"
-            " it only moves back"
+@dataclass(frozen=True)
+class _TrackingStatements:
+    """What recording and rewinding a tracked position say, for one store's tracking table
+    (`dialect` makes them concrete)."""
+
+    latest: str
+    advance: str
+    insert_once: str
+    delete_after: str
+    # Taken before a rewind reads the position, where the store has table locks.
+    lock: str | None
+
+    @classmethod
+    def of(cls, table: str, schema: str | None) -> _TrackingStatements:
+        def concrete(statement: str) -> str:
+            return dialect(statement.replace("{tracking}", f'{{t}}"{table}"'), schema)
+
+        return cls(
+            latest=concrete(
+                "SELECT MAX(notification_id) AS n FROM {tracking} WHERE application_name = ?"
+            ),
+            advance=concrete(
+                "UPDATE {tracking} SET notification_id = ?"
+                " WHERE application_name = ? AND notification_id = ?"
+            ),
+            insert_once=concrete("INSERT INTO {tracking} VALUES (?, ?) ON CONFLICT DO NOTHING"),
+            delete_after=concrete(
+                "DELETE FROM {tracking} WHERE application_name = ? AND notification_id > ?"
+            ),
+            lock=concrete("LOCK TABLE {tracking} IN EXCLUSIVE MODE")
+            if schema is not None
+            else None,
         )
+
+
+class _TrackingMoves:
+    """Recording a tracked position only over the one recorded before (a compare-and-set),
+    and moving it back: the same on both stores, in a write transaction of each
+    (`_tracking_transaction`, which yields the driver's own cursor)."""
+
+    datastore: Any
+    _tracking: _TrackingStatements
+
+    def _tracking_transaction(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def advance_tracking(self, name: str, was: int, position: int) -> bool:
+        """Record `position` for `name` if what is recorded is still `was` (0: nothing):
+        false, with nothing written, when it was moved meanwhile (`rewind_tracking`)."""
+        if not self.datastore.single_row_tracking:  # the library's rows, one per record
+            recorder: Any = self
+            recorder.insert_tracking(Tracking(application_name=name, notification_id=position))
+            return True
+        with self._tracking_transaction() as cursor:
+            if was:
+                cursor.execute(self._tracking.advance, (position, name, was))
+            else:
+                cursor.execute(self._tracking.insert_once, (name, position))
+            return bool(cursor.rowcount == 1)
+
+    def rewind_tracking(self, name: str, position: int) -> int:
+        """Move what `name` tracked back to `position` (0: nothing), in one transaction;
+        returns where it was. `RewindRefused` if that would move it forward."""
+        with self._tracking_transaction() as cursor:
+            if self._tracking.lock:
+                # A relay recording its position waits for the rewind, or the rewind for it.
+                cursor.execute(self._tracking.lock)
+            cursor.execute(self._tracking.latest, (name,))
+            row = cursor.fetchone()
+            was = int(row["n"] or 0) if row else 0
+            if position < 0:
+                raise RewindRefused(f"a position is 0 or more, not {position}")
+            if position > was:
+                raise RewindRefused(
+                    f"it is at {was}: moving it forward to {position} would skip the events"
+                    " between; it only moves back"
+                )
+            cursor.execute(self._tracking.delete_after, (name, position))
+            if position:
+                cursor.execute(self._tracking.insert_once, (name, position))
+        return was
 
 
 def _body(text: str) -> dict[str, Any]:
@@ -252,9 +325,16 @@ def _ids_by_event(
     }
 
 
-class SQLiteStoreRecorder(SQLiteProcessRecorder):
+class SQLiteStoreRecorder(_TrackingMoves, SQLiteProcessRecorder):
     # The application's snapshot recorder (same file): a save's snapshots go in with its events.
     snapshot_recorder: SQLiteAggregateRecorder | None = None
+    _tracking = _TrackingStatements.of("tracking", None)
+
+    @contextmanager
+    def _tracking_transaction(self) -> Iterator[sqlite3.Cursor]:
+        # BEGIN IMMEDIATE: a writer of the tracking row waits for this one, and it for them.
+        with self.datastore.transaction(commit=True) as c:
+            yield c.sqlite_cursor
 
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
@@ -312,44 +392,6 @@ class SQLiteStoreRecorder(SQLiteProcessRecorder):
                 (after, limit),
             )
             return list(map(Logged._make, cursor.fetchall()))
-
-    def advance_tracking(self, name: str, was: int, position: int) -> bool:
-        """Record `position` for `name` if what is recorded is still `was` (0: nothing):
-        false, with nothing written, when it was moved meanwhile (`rewind_tracking`)."""
-        if not self.datastore.single_row_tracking:
-            self.insert_tracking(Tracking(application_name=name, notification_id=position))
-            return True
-        with self.datastore.transaction(commit=True) as c:
-            if was:
-                c.execute(
-                    "UPDATE tracking SET notification_id = ?"
-                    " WHERE application_name = ? AND notification_id = ?",
-                    (position, name, was),
-                )
-            else:
-                c.execute(
-                    "INSERT INTO tracking VALUES (?, ?) ON CONFLICT DO NOTHING", (name, position)
-                )
-            return bool(c.sqlite_cursor.rowcount == 1)
-
-    def rewind_tracking(self, name: str, position: int) -> int:
-        """Move what `name` tracked back to `position` (0: nothing), in one transaction;
-        returns where it was. `RewindRefused` if that would move it forward."""
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                "SELECT MAX(notification_id) FROM tracking WHERE application_name = ?", (name,)
-            )
-            was = int(c.fetchone()[0] or 0)
-            _check_rewind(was, position)
-            c.execute(
-                "DELETE FROM tracking WHERE application_name = ? AND notification_id > ?",
-                (name, position),
-            )
-            if position:
-                c.execute(
-                    "INSERT INTO tracking VALUES (?, ?) ON CONFLICT DO NOTHING", (name, position)
-                )
-        return was
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:
         """Documents rebuilt from the events; one already there (written since) is kept."""
@@ -432,7 +474,7 @@ def roll_back_if_open(conn: psycopg.Connection[Any]) -> None:
             conn.rollback()
 
 
-class PostgresStoreRecorder(PostgresProcessRecorder):
+class PostgresStoreRecorder(_TrackingMoves, PostgresProcessRecorder):
     # The application's snapshot recorder (same schema): a save's snapshots go in with its
     # events, in the same pipeline.
     snapshot_recorder: PostgresAggregateRecorder | None = None
@@ -597,6 +639,7 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         self._upsert_document = dialect(UPSERT_DOCUMENT, self.datastore.schema)
         self._upsert_version = dialect(UPSERT_INBOX_VERSION, self.datastore.schema)
         self._upsert_position = dialect(UPSERT_INBOX_POSITION, self.datastore.schema)
+        self._tracking = _TrackingStatements.of(self.tracking_table_name, self.datastore.schema)
         self._read_log = SQL(
             "SELECT notification_id, originator_id::text, originator_version, topic, state"
             " FROM {schema}.{table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
@@ -637,6 +680,11 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         self._write_beside_events(curs, **kwargs)
         return ids
 
+    @contextmanager
+    def _tracking_transaction(self) -> Iterator[Any]:
+        with self.datastore.transaction(commit=True) as curs:
+            yield curs
+
     def read_log(self, after: int, limit: int) -> list[Logged]:
         """The stored events after notification id `after`, at most `limit`, in order: what
         `select_notifications` returns, read as plain rows (no dict and no dataclass per
@@ -647,67 +695,6 @@ class PostgresStoreRecorder(PostgresProcessRecorder):
         ):
             curs.execute(self._read_log, (after, limit), prepare=True)
             return [Logged(i, o, v, t, bytes(s)) for i, o, v, t, s in curs.fetchall()]
-
-    def advance_tracking(self, name: str, was: int, position: int) -> bool:
-        """Record `position` for `name` if what is recorded is still `was` (0: nothing):
-        false, with nothing written, when it was moved meanwhile (`rewind_tracking`)."""
-        if not self.datastore.single_row_tracking:
-            self.insert_tracking(Tracking(application_name=name, notification_id=position))
-            return True
-        table = SQL("{schema}.{table}").format(
-            schema=Identifier(self.datastore.schema), table=Identifier(self.tracking_table_name)
-        )
-        with self.datastore.transaction(commit=True) as curs:
-            if was:
-                curs.execute(
-                    SQL(
-                        "UPDATE {table} SET notification_id = %s"
-                        " WHERE application_name = %s AND notification_id = %s"
-                    ).format(table=table),
-                    (position, name, was),
-                )
-            else:
-                curs.execute(
-                    SQL("INSERT INTO {table} VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
-                        table=table
-                    ),
-                    (name, position),
-                )
-            return bool(curs.rowcount == 1)
-
-    def rewind_tracking(self, name: str, position: int) -> int:
-        """Move what `name` tracked back to `position` (0: nothing), in one transaction;
-        returns where it was. `RewindRefused` if that would move it forward."""
-        table = SQL("{schema}.{table}").format(
-            schema=Identifier(self.datastore.schema), table=Identifier(self.tracking_table_name)
-        )
-        with self.datastore.transaction(commit=True) as curs:
-            # Locked, so that a relay recording its position waits for the rewind, or the
-            # rewind for it.
-            curs.execute(SQL("LOCK TABLE {table} IN EXCLUSIVE MODE").format(table=table))
-            curs.execute(
-                SQL(
-                    "SELECT MAX(notification_id) AS n FROM {table} WHERE application_name = %s"
-                ).format(table=table),
-                (name,),
-            )
-            row = curs.fetchone()
-            was = int(row["n"] or 0) if row else 0
-            _check_rewind(was, position)
-            curs.execute(
-                SQL(
-                    "DELETE FROM {table} WHERE application_name = %s AND notification_id > %s"
-                ).format(table=table),
-                (name, position),
-            )
-            if position:
-                curs.execute(
-                    SQL("INSERT INTO {table} VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
-                        table=table
-                    ),
-                    (name, position),
-                )
-        return was
 
     def add_missing_documents(self, documents: Sequence[Document]) -> None:
         """Documents rebuilt from the events; one already there (written since) is kept."""

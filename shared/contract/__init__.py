@@ -22,6 +22,9 @@ CONTENT_TYPE = "application/json"
 # Event ids are derived, not random: republishing the same stored event gives the same id.
 EVENT_ID_NAMESPACE = uuid.UUID("7d4a3c1e-2b5f-5e8a-9c0d-4f6b8a2e1d3c")
 _EVENT_ID_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+# A UUID as `str(UUID)` writes it: an aggregate's id in an envelope's `subject`, as the relays
+# publish it (and PostgreSQL's text of its `uuid` type).
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 META_FIELDS = frozenset(
     {
