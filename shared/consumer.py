@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -330,6 +330,11 @@ class Inbox:
         self.db = db
         self.consumer = consumer
         self.projector = projector
+        # On SQLite a batch commits without waiting for the disk (the reads see it at once);
+        # the consumer acknowledges its messages only after `sync`, shared by the batches of
+        # a short while: one fsync for many commits. Lost by a power cut, unacknowledged
+        # messages are delivered again.
+        self.defers_sync = db.defers_sync
         self.positions: dict[str, int] = {}
         # The committed version per aggregate, the most recently applied first out: one
         # process applies a consumer's events (one process per service), so these stay those
@@ -371,7 +376,10 @@ class Inbox:
             # A small batch (a live one) in one round trip; a large one (a catch-up, a
             # rebuild) with the drivers' bulk paths, faster for many rows (COPY on PostgreSQL).
             small = len(order) <= ONE_TRIP_EVENTS
-            with self.db.batch() if small else self.db.transaction() as tx:
+            synced = not self.defers_sync
+            with (
+                self.db.batch(synced=synced) if small else self.db.transaction(synced=synced)
+            ) as tx:
                 versions = self._versions(tx, [events[i] for i in order])
                 positions: dict[str, int] = {}
                 counts: dict[str, int] = {}
@@ -427,6 +435,10 @@ class Inbox:
         for source, position in positions.items():
             self.positions[source] = max(self.positions.get(source, 0), position)
         return outcomes
+
+    def sync(self) -> None:
+        """Make the batches committed so far durable (see `defers_sync`)."""
+        self.db.sync()
 
     def _versions(self, tx: Tx, events: Iterable[Received]) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = {}
@@ -634,6 +646,7 @@ class Consumer:
         poll_interval: float = 1.0,
         early_delay: float = 0.5,
         linger: float = 0.0,
+        sync_every: float = 0.05,
     ) -> None:
         self.service = service
         self.name = name
@@ -646,6 +659,12 @@ class Consumer:
         self.poll_interval = poll_interval
         self.early_delay = early_delay
         self.linger = linger
+        self.sync_every = sync_every
+        # Applied messages whose batches committed without waiting for the disk (an inbox
+        # that `defers_sync`), with their outcomes: settled once a sync has made them
+        # durable, at most `sync_every` seconds after the first of them committed.
+        self._unsynced: deque[tuple[Msg, Outcome, str | None]] = deque()
+        self._unsynced_since = 0.0
         self.pending = 0
         self.delivered = 0
         self.caught_up = False
@@ -701,6 +720,7 @@ class Consumer:
             ack_wait=settings.consumer_ack_wait_s,
             poll_interval=settings.consumer_poll_interval_s,
             linger=linger,
+            sync_every=settings.consumer_sync_every_s,
         )
 
     @property
@@ -1038,11 +1058,16 @@ class Consumer:
             while not self._stopping:
                 # In doubt, look again sooner: readers wait on the doubt's end.
                 doubts = self._doubtful or bool(self._owed)
-                msgs = await pull.next(
+                wait = (
                     min(self.poll_interval, DOUBTS_CHECKED_EVERY_S)
                     if doubts
                     else self.poll_interval
                 )
+                if self._unsynced:
+                    # Not past the moment their acknowledgements are due.
+                    due = self._unsynced_since + self.sync_every - time.monotonic()
+                    wait = max(0.0, min(wait, due))
+                msgs = await pull.next(wait)
                 if msgs and self.linger and len(msgs) < self.batch_size:
                     # A partial batch: let more join it, so that one commit serves them all.
                     await asyncio.sleep(self.linger)
@@ -1051,6 +1076,7 @@ class Consumer:
                     if applying is not None:
                         await applying  # caught up only once the last batch is in
                         applying = None
+                    await self._sync_and_settle()
                     if self.link.connected:
                         self._idle()
                         await self._settle_doubts()
@@ -1075,6 +1101,9 @@ class Consumer:
                 # Let a batch in flight settle its messages (its failure was handled there).
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await applying
+            # What was applied is acknowledged once durable; if that fails, it comes again.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sync_and_settle()
             if checked is not None:
                 # Not applied (the one before failed, or a stop): have it come again.
                 await self._give_back(checked)
@@ -1196,8 +1225,18 @@ class Consumer:
             self._released.update(self.inbox.positions)
             async with self._advanced:
                 self._advanced.notify_all()
-            for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True)):
-                await self._settle(msg, outcome, invalid.get(i))
+            if getattr(self.inbox, "defers_sync", False):
+                if not self._unsynced:
+                    self._unsynced_since = time.monotonic()
+                self._unsynced.extend(
+                    (msg, outcome, invalid.get(i))
+                    for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True))
+                )
+                if time.monotonic() - self._unsynced_since >= self.sync_every:
+                    await self._sync_and_settle()
+            else:
+                for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True)):
+                    await self._settle(msg, outcome, invalid.get(i))
             applied = outcomes.count(Outcome.APPLIED)
             CONSUMER_APPLIED.labels(self.service, self.name).inc(applied)
             CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
@@ -1222,6 +1261,22 @@ class Consumer:
         CONSUMER_BATCH_SECONDS.labels(self.service, self.name).observe(
             batch.seconds + time.perf_counter() - started
         )
+
+    async def _sync_and_settle(self) -> None:
+        """Make the batches applied so far durable, then acknowledge (or hand back) their
+        messages. If the sync fails they stay unacknowledged and come again after the ack
+        wait: the inbox knows those it has."""
+        count = len(self._unsynced)
+        if not count:
+            return
+        # Each taken off only as it is settled: a stop that cancels this part-way leaves the
+        # rest for the next call (the consumer's last, as it stops).
+        await self._worker.run(self.inbox.sync)  # type: ignore[union-attr]
+        unsynced = self._unsynced
+        for _ in range(count):
+            msg, outcome, reason = unsynced[0]
+            await self._settle(msg, outcome, reason)
+            unsynced.popleft()
 
     async def _settle(self, msg: Msg, outcome: Outcome, reason: str | None) -> None:
         if outcome is Outcome.INVALID:

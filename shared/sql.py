@@ -18,7 +18,7 @@ import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
 from eventsourcing.postgres import PostgresDatastore
 
-from shared.store import ServiceApplication, dialect, roll_back_if_open
+from shared.store import ServiceApplication, SQLiteStore, dialect, roll_back_if_open
 
 # Values per statement of `Tx.insert`: well within both drivers' limits (SQLite 32,766,
 # PostgreSQL 65,535), and large enough that a batch takes a few statements.
@@ -232,6 +232,7 @@ class Database:
         datastore = app.recorder.datastore  # type: ignore[attr-defined]
         self._datastore = datastore
         self.postgres = isinstance(datastore, PostgresDatastore)
+        self._deferrable = isinstance(datastore, SQLiteStore)
         self._schema: str | None = datastore.schema if self.postgres else None
         self._cache: dict[str, str] = {}
 
@@ -242,18 +243,34 @@ class Database:
             self._cache[statement] = translated
         return translated
 
+    @property
+    def defers_sync(self) -> bool:
+        """Whether `synced=False` commits return before the disk has them (SQLite), so that
+        what depends on their durability waits for `sync`. PostgreSQL's commits are durable."""
+        return self._deferrable
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable (blocking: a worker thread's)."""
+        if self._deferrable:
+            self._datastore.sync()
+
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[Tx]:
-        """One transaction; on SQLite, writers are serialised by the store's pool."""
-        with self._datastore.transaction(commit=commit) as cursor:
+    def transaction(self, *, commit: bool = True, synced: bool = True) -> Iterator[Tx]:
+        """One transaction; on SQLite, writers are serialised by the store's pool.
+        `synced=False` (SQLite): the commit does not wait for the disk; see `sync`."""
+        if synced or not self._deferrable:
+            with self._datastore.transaction(commit=commit) as cursor:
+                yield Tx(self, cursor)
+            return
+        with self._datastore.transaction(commit=commit, synced=False) as cursor:
             yield Tx(self, cursor)
 
     @contextmanager
-    def batch(self) -> Iterator[Tx]:
+    def batch(self, *, synced: bool = True) -> Iterator[Tx]:
         """A transaction that commits, for a consumer's batch: on PostgreSQL its writes go to
         the server at the end, in one round trip with BEGIN and COMMIT (`ScriptTx`)."""
         if not self.postgres:
-            with self.transaction() as tx:
+            with self.transaction(synced=synced) as tx:
                 yield tx
             return
         with self._datastore.get_connection() as conn:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import select
 import sqlite3
@@ -858,18 +859,87 @@ class SQLiteStore(SQLiteDatastore):
     the library's writer lock already lets one writer at a time through; reads are
     unchanged."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wal = _WalFile(self.pool.db_name)
+
     @contextmanager
-    def transaction(self, *, commit: bool) -> Iterator[SQLiteCursor]:
+    def transaction(self, *, commit: bool, synced: bool = True) -> Iterator[SQLiteCursor]:
+        """`synced=False`: a commit that returns once its pages are in the WAL, before they
+        reach the disk (`synchronous=NORMAL` for this transaction only); it survives the
+        process crashing, not the machine losing power, until `sync`. For a consumer's batch,
+        whose messages are acknowledged only after a `sync`: anything lost is delivered
+        again."""
         if not commit:
             with super().transaction(commit=False) as cursor:
                 yield cursor
             return
-        with (
-            self.get_connection(commit=True) as conn,
-            _BeginImmediate(conn, commit=True) as cursor,
-            cursor,
-        ):
-            yield cursor
+        with self.get_connection(commit=True) as conn:
+            sqlite_conn = conn._sqlite_conn
+            if not synced and not self.pool.is_sqlite_memory_mode:
+                level = sqlite_conn.execute("PRAGMA synchronous").fetchone()[0]
+                sqlite_conn.execute("PRAGMA synchronous=NORMAL")
+            else:
+                level = None
+            try:
+                with _BeginImmediate(conn, commit=True) as cursor, cursor:
+                    yield cursor
+            finally:
+                if level is not None:
+                    _restore_synchronous(sqlite_conn, int(level))
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable, synced or not: the WAL's fsync."""
+        if not self.pool.is_sqlite_memory_mode:
+            self._wal.sync()
+
+
+def _restore_synchronous(conn: sqlite3.Connection, level: int) -> None:
+    """Put the connection's `synchronous` back: the next transaction on it may be one that
+    must reach the disk before it is answered. SQLite refuses to change it inside a
+    transaction, which a failed commit may have left open."""
+    try:
+        conn.execute(f"PRAGMA synchronous={level}")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            conn.rollback()
+        conn.execute(f"PRAGMA synchronous={level}")
+
+
+class _WalFile:
+    """The write-ahead log of an SQLite file, to fsync (on Linux an fsync through any
+    descriptor of a file writes all of it). SQLite removes the WAL when its last connection
+    closes, after copying it into the database and syncing that: a missing WAL has nothing
+    left to sync, and a new one is opened when it comes back."""
+
+    def __init__(self, db_name: str) -> None:
+        path = db_name
+        if path.startswith("file:"):
+            path = unquote(urlparse(path).path)
+        self.path = f"{path}-wal"
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    def sync(self) -> None:
+        with self._lock:
+            try:
+                if self._fd is not None and os.fstat(self._fd).st_ino != os.stat(self.path).st_ino:
+                    self._close()
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._close()
+                return
+            os.fsync(self._fd)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self._close()
 
 
 class SQLiteStoreFactory(SQLiteFactory):

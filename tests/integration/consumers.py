@@ -136,6 +136,8 @@ async def running(
     fail_from: int = 10**9,
     batch: int = 10,
     ack_wait: float = 2,
+    sync_every: float = 0.05,
+    poll_interval: float = 0.2,
 ) -> AsyncIterator[Running]:
     """A projections consumer `projections-<name>` on the goals events, applying through a
     `FailsOnce` (failing from `fail_from` on), started and, on leaving, stopped."""
@@ -153,8 +155,9 @@ async def running(
         subjects=["okr.goals.>"],
         batch_size=batch,
         ack_wait=ack_wait,
-        poll_interval=0.2,
+        poll_interval=poll_interval,
         early_delay=0.5,
+        sync_every=sync_every,
     )
     await link.start()
     await consumer.start()

@@ -1,0 +1,189 @@
+"""A consumer's batches, on SQLite, commit without waiting for the disk; their messages are
+acknowledged only once a sync of the store's write-ahead log has made them durable, one
+fsync for the batches of `sync_every` seconds (`Inbox.defers_sync`, `Consumer._unsynced`).
+PostgreSQL's commits are durable: its messages are acknowledged as before."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from eventsourcing.persistence import OperationalError
+from nats.aio.msg import Msg
+
+from services.projections.main import ProjectionsApplication, ProjectionsSettings
+from shared import consumer as consumer_module
+from shared.consumer import Consumer, Inbox, Received
+from shared.sql import Database
+from shared.store import store_env
+from tests.integration.consumers import SOURCE, goals_events, publish, running
+from tests.support import SECRET, NatsServer
+
+
+async def _unacknowledged(url: str, durable: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().consumer_info("OKR", durable)).num_ack_pending
+    finally:
+        await nc.close()
+
+
+class _Trace:
+    """What the consumer did, in order: events committed, syncs done, messages acknowledged."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.committed = 0
+        self.synced = 0  # events committed before the last sync began
+        self.syncs = 0
+        self.batches = 0
+        self.acked = 0
+        self.early_acks = 0  # acknowledged before a sync covered them
+        process, sync, acknowledge = Inbox.process, Inbox.sync, Consumer.acknowledge
+
+        def traced_process(inbox: Inbox, events: list[Received]) -> Any:
+            done = process(inbox, events)
+            self.batches += 1
+            self.committed += len(events)
+            return done
+
+        def traced_sync(inbox: Inbox) -> None:
+            covered = self.committed
+            sync(inbox)
+            self.syncs += 1
+            self.synced = covered
+
+        async def traced_acknowledge(consumer: Consumer, msg: Msg) -> None:
+            self.acked += 1
+            if self.acked > self.synced:
+                self.early_acks += 1
+            await acknowledge(consumer, msg)
+
+        monkeypatch.setattr(Inbox, "process", traced_process)
+        monkeypatch.setattr(Inbox, "sync", traced_sync)
+        monkeypatch.setattr(Consumer, "acknowledge", traced_acknowledge)
+
+
+@pytest.mark.parametrize("sync_every", [0.0, 0.05, 3600.0])
+async def test_a_message_is_acknowledged_only_once_its_batch_is_durable(
+    store: dict[str, Any],
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+    sync_every: float,
+) -> None:
+    trace = _Trace(monkeypatch)
+    bodies = goals_events(200)
+    await publish(nats_server.url, bodies)
+    async with running(store, nats_server.url, name="sync", sync_every=sync_every) as run:
+        assert await run.consumer.wait_for(SOURCE, 200, 10)
+        postgres = run.db.postgres
+    # Stopped: whatever was still waiting for a sync was synced and acknowledged.
+    assert trace.committed == 200
+    assert trace.acked == 200
+    assert await _unacknowledged(nats_server.url, "projections-sync") == 0
+    if postgres:
+        assert trace.syncs == 0  # durable commits: nothing to sync before acknowledging
+        return
+    assert trace.early_acks == 0
+    if sync_every == 0:
+        assert trace.syncs >= trace.batches  # one per batch
+    if sync_every == 3600:
+        # Twenty batches of ten came back to back: synced when the stream went quiet.
+        assert trace.batches >= 20
+        assert trace.syncs * 4 <= trace.batches
+
+
+async def test_acknowledgements_wait_for_the_sync_while_reads_see_the_batch_at_once(
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long poll, a long sync interval, no look at the acknowledgements: nothing makes the
+    # consumer sync until it stops.
+    monkeypatch.setattr(consumer_module, "DOUBTS_CHECKED_EVERY_S", 3600)
+    store = {"data_dir": tmp_path / "data"}
+    trace = _Trace(monkeypatch)
+    bodies = goals_events(30)
+    await publish(nats_server.url, bodies)
+    async with running(
+        store, nats_server.url, name="held", sync_every=3600, poll_interval=3600
+    ) as run:
+        # Applied, committed and visible to readers ...
+        deadline = time.monotonic() + 10
+        while len(run.projector.applied) < 30:
+            assert time.monotonic() < deadline, "not applied"
+            await asyncio.sleep(0.02)
+        assert run.consumer.positions[SOURCE] == 30
+        assert await asyncio.to_thread(run.seen) == {b["id"] for b in bodies}
+        # ... and still unacknowledged: no sync has made them durable yet.
+        assert trace.syncs == 0
+        assert await _unacknowledged(nats_server.url, "projections-held") == 30
+    assert trace.syncs == 1
+    assert trace.acked == 30 and trace.early_acks == 0
+    assert await _unacknowledged(nats_server.url, "projections-held") == 0
+
+
+# --- the store's part ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def views(tmp_path: Path) -> Iterator[Database]:
+    settings = ProjectionsSettings(jwt_secret=SECRET, data_dir=tmp_path / "data")
+    app = ProjectionsApplication(env=store_env(settings))
+    db = Database(app)
+    db.create(["CREATE TABLE IF NOT EXISTS {t}t (n INTEGER)"])
+    yield db
+    app.close()
+
+
+def _level(db: Database) -> int:
+    with db.transaction(commit=False) as tx:
+        return int(tx.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_an_unsynced_transaction_commits_without_the_disk_and_leaves_the_connection_as_it_was(
+    views: Database,
+) -> None:
+    assert views.defers_sync
+    before = _level(views)
+    assert before == 2  # FULL: every other commit waits for the disk
+    with views.transaction(synced=False) as tx:
+        assert tx.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        tx.execute("INSERT INTO {t}t (n) VALUES (1)")
+    assert _level(views) == before
+    with pytest.raises(OperationalError), views.batch(synced=False) as tx:
+        tx.execute("INSERT INTO {t}no_such_table (n) VALUES (2)")
+    assert _level(views) == before  # after a rollback too
+    with views.transaction(commit=False) as tx:
+        assert [r["n"] for r in tx.execute("SELECT n FROM {t}t").fetchall()] == [1]
+
+
+def test_a_sync_fsyncs_the_write_ahead_log(
+    views: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wal = views._datastore.pool.db_name + "-wal"
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with views.transaction(synced=False) as tx:
+        tx.execute("INSERT INTO {t}t (n) VALUES (1)")
+    assert synced == []  # the commit itself did not
+    views.sync()
+    assert synced == [wal]
+    # A WAL made anew (SQLite removes it when its last connection closes) is the one synced.
+    os.rename(wal, wal + ".old")
+    views.sync()  # none there: nothing to sync
+    os.rename(wal + ".old", wal)
+    Path(wal + ".copy").write_bytes(Path(wal).read_bytes())
+    os.replace(wal + ".copy", wal)
+    views.sync()
+    assert synced == [wal, wal]
+    assert os.stat(wal).st_ino == os.fstat(views._datastore._wal._fd).st_ino
