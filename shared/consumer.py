@@ -330,9 +330,9 @@ class Inbox:
         self.db = db
         self.consumer = consumer
         self.projector = projector
-        # A batch commits without waiting for the disk (the reads see it at once); the
-        # consumer acknowledges its messages only after `sync`, shared by the batches of a
-        # short while: one flush for many commits. Lost by a power cut, unacknowledged
+        # On SQLite a batch commits without waiting for the disk (the reads see it at once);
+        # the consumer acknowledges its messages only after `sync`, shared by the batches of
+        # a short while: one fsync for many commits. Lost by a power cut, unacknowledged
         # messages are delivered again.
         self.defers_sync = db.defers_sync
         self.positions: dict[str, int] = {}
@@ -437,19 +437,8 @@ class Inbox:
         return outcomes
 
     def sync(self) -> None:
-        """Make the batches committed so far durable (see `defers_sync`). On PostgreSQL, a
-        commit that waits for the WAL's flush, and so for every commit before it: it must
-        write, or it would not wait; the consumer's own positions, rewritten as they are, are
-        there whenever a batch applied anything (nothing else needs to be made durable)."""
-        if not self.db.postgres:
-            self.db.sync()
-            return
-        with self.db.transaction() as tx:
-            tx.execute("SET LOCAL synchronous_commit TO on")
-            tx.execute(
-                "UPDATE {t}inbox_positions SET applied = applied WHERE consumer = ?",
-                (self.consumer,),
-            )
+        """Make the batches committed so far durable (see `defers_sync`)."""
+        self.db.sync()
 
     def _versions(self, tx: Tx, events: Iterable[Received]) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = {}

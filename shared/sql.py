@@ -156,10 +156,9 @@ class ScriptTx(Tx):
     transaction sees what was committed when it started anyway. Values are bound by psycopg
     (`ClientCursor.mogrify`), which quotes them for the connection's settings."""
 
-    def __init__(self, db: Database, conn: psycopg.Connection[Any], *, synced: bool = True) -> None:
+    def __init__(self, db: Database, conn: psycopg.Connection[Any]) -> None:
         super().__init__(db, conn.cursor())
         self._client = psycopg.ClientCursor(conn)
-        self._begin = ["BEGIN"] if synced else ["BEGIN", ASYNC_COMMIT]
         self._held: list[str] = []
         self._open = False  # BEGIN was sent
         self._fetchable = False  # the last statement was a read, sent
@@ -207,7 +206,7 @@ class ScriptTx(Tx):
         self.insert(f"INSERT INTO {table}", rows)
 
     def _send(self, *, commit: bool = False) -> None:
-        script = self._held if self._open else [*self._begin, *self._held]
+        script = self._held if self._open else ["BEGIN", *self._held]
         if commit:
             if not self._open and not self._held:
                 return  # nothing was written
@@ -222,11 +221,6 @@ class ScriptTx(Tx):
 
     def commit(self) -> None:
         self._send(commit=True)
-
-
-# PostgreSQL: this transaction's commit returns before its WAL is flushed (a later commit
-# that waits for the flush, or the WAL writer within a fraction of a second, flushes it).
-ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 
 
 def _reads(sql: str) -> bool:
@@ -251,30 +245,22 @@ class Database:
 
     @property
     def defers_sync(self) -> bool:
-        """Whether a `synced=False` commit may return before the disk has it: on SQLite (a
-        file store) and on PostgreSQL. What depends on its durability waits for a sync."""
-        return self._deferrable or self.postgres
+        """Whether `synced=False` commits return before the disk has them (SQLite), so that
+        what depends on their durability waits for `sync`. PostgreSQL's commits are durable."""
+        return self._deferrable
 
     def sync(self) -> None:
-        """SQLite: make every transaction committed so far durable (blocking: a worker
-        thread's). PostgreSQL needs a commit that writes (see `Inbox.sync`)."""
+        """Make every transaction committed so far durable (blocking: a worker thread's)."""
         if self._deferrable:
             self._datastore.sync()
 
     @contextmanager
     def transaction(self, *, commit: bool = True, synced: bool = True) -> Iterator[Tx]:
         """One transaction; on SQLite, writers are serialised by the store's pool.
-        `synced=False`: the commit does not wait for the disk (`synchronous=NORMAL` on SQLite,
-        `synchronous_commit=off` on PostgreSQL, for this transaction only)."""
-        if synced or not self.defers_sync:
+        `synced=False` (SQLite): the commit does not wait for the disk; see `sync`."""
+        if synced or not self._deferrable:
             with self._datastore.transaction(commit=commit) as cursor:
                 yield Tx(self, cursor)
-            return
-        if self.postgres:
-            with self._datastore.transaction(commit=commit) as cursor:
-                tx = Tx(self, cursor)
-                tx.execute(ASYNC_COMMIT)
-                yield tx
             return
         with self._datastore.transaction(commit=commit, synced=False) as cursor:
             yield Tx(self, cursor)
@@ -288,7 +274,7 @@ class Database:
                 yield tx
             return
         with self._datastore.get_connection() as conn:
-            tx = ScriptTx(self, conn, synced=synced)
+            tx = ScriptTx(self, conn)
             try:
                 yield tx
                 tx.commit()
