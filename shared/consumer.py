@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -647,6 +649,7 @@ class Consumer:
         early_delay: float = 0.5,
         linger: float = 0.0,
         sync_every: float = 0.05,
+        on_sync_failed: Callable[[], None] | None = None,
     ) -> None:
         self.service = service
         self.name = name
@@ -665,6 +668,11 @@ class Consumer:
         # durable, at most `sync_every` seconds after the first of them committed.
         self._unsynced: deque[tuple[Msg, Outcome, str | None]] = deque()
         self._unsynced_since = 0.0
+        # A sync that failed leaves commits the disk may never have, which this process
+        # holds for applied: only a process started afresh from the store can be trusted
+        # with their redelivery. By default the process is asked to stop (SIGTERM).
+        self._on_sync_failed = on_sync_failed or _stop_this_process
+        self._sync_failed: BaseException | None = None
         self.pending = 0
         self.delivered = 0
         self.caught_up = False
@@ -816,6 +824,10 @@ class Consumer:
             except Exception as e:
                 if self._stopping:
                     return
+                if self._sync_failed is not None:
+                    self.last_error = f"the store's sync failed: {self._sync_failed}"
+                    self.caught_up = False
+                    return  # nothing more is applied or acknowledged by this process
                 CONSUMER_FAILURES.labels(self.service, self.name).inc()
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.caught_up = False
@@ -1267,11 +1279,26 @@ class Consumer:
         messages. If the sync fails they stay unacknowledged and come again after the ack
         wait: the inbox knows those it has."""
         count = len(self._unsynced)
-        if not count:
+        if not count or self._sync_failed is not None:
             return
         # Each taken off only as it is settled: a stop that cancels this part-way leaves the
         # rest for the next call (the consumer's last, as it stops).
-        await self._worker.run(self.inbox.sync)  # type: ignore[union-attr]
+        try:
+            await self._worker.run(self.inbox.sync)  # type: ignore[union-attr]
+        except (OSError, PersistenceError) as e:
+            self._sync_failed = e
+            CONSUMER_FAILURES.labels(self.service, self.name).inc()
+            log.critical(
+                "consumer %s: the store could not make its commits durable (%s: %s); %d"
+                " messages stay unacknowledged, and the process stops so that one started"
+                " afresh from the store applies them when they are delivered again",
+                self.durable,
+                type(e).__name__,
+                e,
+                count,
+            )
+            self._on_sync_failed()
+            raise
         unsynced = self._unsynced
         for _ in range(count):
             msg, outcome, reason = unsynced[0]
@@ -1303,3 +1330,9 @@ class Consumer:
             reason,
         )
         await msg.term()
+
+
+def _stop_this_process() -> None:
+    """Ask this process to stop as a signal from outside would: the service shuts down and
+    its supervisor starts it again."""
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -138,6 +138,7 @@ async def running(
     ack_wait: float = 2,
     sync_every: float = 0.05,
     poll_interval: float = 0.2,
+    on_sync_failed: Callable[[], None] | None = None,
 ) -> AsyncIterator[Running]:
     """A projections consumer `projections-<name>` on the goals events, applying through a
     `FailsOnce` (failing from `fail_from` on), started and, on leaving, stopped."""
@@ -158,6 +159,7 @@ async def running(
         poll_interval=poll_interval,
         early_delay=0.5,
         sync_every=sync_every,
+        on_sync_failed=on_sync_failed,
     )
     await link.start()
     await consumer.start()

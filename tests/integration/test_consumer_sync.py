@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +127,41 @@ async def test_acknowledgements_wait_for_the_sync_while_reads_see_the_batch_at_o
     assert await _unacknowledged(nats_server.url, "projections-held") == 0
 
 
+async def test_a_failed_sync_leaves_everything_unacknowledged_and_stops_the_process(
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fsync fails (a disk error): what was committed may never reach the disk, while the
+    # process holds it for applied. Nothing is acknowledged, and the process is asked to stop.
+    trace = _Trace(monkeypatch)
+
+    def failing_sync(inbox: Inbox) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Inbox, "sync", failing_sync)
+    stops: list[bool] = []
+    bodies = goals_events(30)
+    await publish(nats_server.url, bodies)
+    store = {"data_dir": tmp_path / "data"}
+    async with running(
+        store,
+        nats_server.url,
+        name="failing",
+        sync_every=0,
+        on_sync_failed=lambda: stops.append(True),
+    ) as run:
+        deadline = time.monotonic() + 10
+        while not run.consumer.last_error:
+            assert time.monotonic() < deadline, "the failed sync went unnoticed"
+            await asyncio.sleep(0.02)
+        assert "sync failed" in run.consumer.last_error
+        assert trace.committed == 10  # the first batch; nothing after it
+        await asyncio.sleep(0.3)
+        assert trace.committed == 10
+    assert stops == [True]
+    assert trace.acked == 0
+    assert await _unacknowledged(nats_server.url, "projections-failing") >= 10
+
+
 # --- the store's part ---------------------------------------------------------------------
 
 
@@ -187,3 +223,12 @@ def test_a_sync_fsyncs_the_write_ahead_log(
     views.sync()
     assert synced == [wal, wal]
     assert os.stat(wal).st_ino == os.fstat(views._datastore._wal._fd).st_ino
+
+
+def test_by_default_a_failed_sync_stops_the_process_as_a_signal_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    consumer_module._stop_this_process()
+    assert sent == [(os.getpid(), signal.SIGTERM)]
