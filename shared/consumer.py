@@ -1276,8 +1276,8 @@ class Consumer:
 
     async def _sync_and_settle(self) -> None:
         """Make the batches applied so far durable, then acknowledge (or hand back) their
-        messages. If the sync fails they stay unacknowledged and come again after the ack
-        wait: the inbox knows those it has."""
+        messages. If the sync fails, none is acknowledged and the consumer stops for good
+        (`on_sync_failed`)."""
         count = len(self._unsynced)
         if not count or self._sync_failed is not None:
             return

@@ -893,6 +893,12 @@ class SQLiteStore(SQLiteDatastore):
         if not self.pool.is_sqlite_memory_mode:
             self._wal.sync()
 
+    def close(self) -> None:
+        super().close()
+        wal = getattr(self, "_wal", None)  # the library's __del__ may close a half-made one
+        if wal is not None:
+            wal.close()
+
 
 def _restore_synchronous(conn: sqlite3.Connection, level: int) -> None:
     """Put the connection's `synchronous` back: the next transaction on it may be one that
@@ -932,14 +938,15 @@ class _WalFile:
                 return
             os.fsync(self._fd)
 
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
     def _close(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-
-    def __del__(self) -> None:
-        self._close()
 
 
 class SQLiteStoreFactory(SQLiteFactory):
