@@ -493,6 +493,9 @@ class ProcessInbox:
     inbox record of the event that caused them are saved in one transaction of the service's
     store (`app.save(..., inbox=...)`), so a crash can never leave one without the other."""
 
+    # The library's saves wait for the disk: nothing to sync before acknowledging.
+    defers_sync = False
+
     def __init__(
         self,
         app: ServiceApplication,
@@ -504,6 +507,9 @@ class ProcessInbox:
         self.consumer = consumer
         self.policy = policy
         self.positions: dict[str, int] = {}
+
+    def sync(self) -> None:
+        """Nothing to do: see `defers_sync`."""
 
     def setup(self) -> None:
         with self.db.transaction(commit=False) as tx:
@@ -1237,7 +1243,7 @@ class Consumer:
             self._released.update(self.inbox.positions)
             async with self._advanced:
                 self._advanced.notify_all()
-            if getattr(self.inbox, "defers_sync", False):
+            if self.inbox.defers_sync:
                 if not self._unsynced:
                     self._unsynced_since = time.monotonic()
                 self._unsynced.extend(
@@ -1284,7 +1290,7 @@ class Consumer:
         # Each taken off only as it is settled: a stop that cancels this part-way leaves the
         # rest for the next call (the consumer's last, as it stops).
         try:
-            await self._worker.run(self.inbox.sync)  # type: ignore[union-attr]
+            await self._worker.run(self.inbox.sync)
         except (OSError, PersistenceError) as e:
             self._sync_failed = e
             CONSUMER_FAILURES.labels(self.service, self.name).inc()
