@@ -15,11 +15,13 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -130,6 +132,84 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         log.info("created stream %s", config.name)
     else:
         await js.update_stream(config)
+
+
+# What may not appear in a subject (it would end the protocol line's field or the line).
+_NOT_IN_SUBJECT = re.compile(r"[ \t\r\n]")
+
+
+class JetStreamPublisher:
+    """Messages for one stream (`Nats-Expected-Stream`), each with its `Nats-Msg-Id` and a
+    reply subject `<reply_prefix><token>`, written into the connection's outgoing buffer many
+    at a time.
+
+    nats-py's `publish` checks the subjects and builds the header block on every call, then
+    appends the command to the buffer: about 5.9 µs per message with two headers on this
+    project's hosts, against 1.3 µs for the same bytes built here, with the subjects checked
+    once each. The relay publishes tens of thousands of messages a second from the process
+    that serves the commands, so it writes them this way. The buffer, its flusher task and
+    its limits stay nats-py's: `send` does what the end of `publish` does (nats-py is pinned;
+    `tests/integration/test_nats_publisher.py` holds the bytes to what `publish` writes)."""
+
+    def __init__(self, nc: Client, stream: str, reply_prefix: str) -> None:
+        if not stream or _NOT_IN_SUBJECT.search(stream):
+            raise ValueError(f"not a stream name: {stream!r}")
+        self.nc = nc
+        self._reply_prefix = self._checked(reply_prefix)
+        self._stream_header = f"Nats-Expected-Stream: {stream}\r\n\r\n".encode()
+        self._subjects: dict[str, bytes] = {}
+
+    @staticmethod
+    def _checked(subject: str) -> bytes:
+        if not subject or _NOT_IN_SUBJECT.search(subject):
+            raise nats_errors.BadSubjectError
+        return subject.encode()
+
+    def command(self, subject: str, token: int, msg_id: str, body: bytes) -> bytes:
+        """One message as the protocol writes it (`HPUB`)."""
+        encoded = self._subjects.get(subject)
+        if encoded is None:
+            encoded = self._subjects[subject] = self._checked(subject)
+        if "\r" in msg_id or "\n" in msg_id or msg_id != msg_id.strip():
+            raise nats_errors.BadHeaderError(msg_id)
+        headers = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n%b" % (msg_id.encode(), self._stream_header)
+        size = len(headers) + len(body)
+        if size > self.nc.max_payload:
+            raise nats_errors.MaxPayloadError
+        return b"HPUB %b %b%d %d %d\r\n%b%b\r\n" % (
+            encoded,
+            self._reply_prefix,
+            token,
+            len(headers),
+            size,
+            headers,
+            body,
+        )
+
+    def ready(self, size: int) -> None:
+        """Raise what `publish` raises when `size` bytes of commands cannot be sent now: a
+        closed or draining connection, or, while reconnecting, a full (or no) buffer."""
+        nc = self.nc
+        if nc.is_closed:
+            raise nats_errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise nats_errors.ConnectionDrainingError
+        if not nc.is_connected and (
+            nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+        ):
+            raise nats_errors.OutboundBufferLimitError
+
+    async def send(self, commands: Sequence[bytes]) -> None:
+        """Hand whole commands to the connection as `publish` hands each of its own: into the
+        buffer (flushed at once past its limit), then a nudge to the flusher task."""
+        data = b"".join(commands)
+        self.ready(len(data))
+        nc = self.nc
+        nc.stats["out_msgs"] += len(commands)
+        nc.stats["out_bytes"] += len(data)  # headers and protocol lines included
+        await nc._send_command(data)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
 
 
 class NatsLink:

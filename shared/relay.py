@@ -32,7 +32,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from shared import contract
 from shared.envelopes import Envelopes
-from shared.nats import NatsLink
+from shared.nats import JetStreamPublisher, NatsLink
 from shared.store import RELAY_TRACKING_NAME, Logged, ServiceApplication, SQLiteStoreRecorder
 from shared.tasks import BlockingWorker, stop_task
 from shared.telemetry import (
@@ -78,13 +78,15 @@ class _Acks:
     This is what nats-py's `publish_async` does per message, less the semaphore it waits on, the
     callback it adds to each future and the `PubAck` it builds from each answer: 5-6% of the
     checkins process's time under load, in the process that serves the commands. The relay
-    bounds what is in flight itself (two pages)."""
+    bounds what is in flight itself (two pages), and hands each page to the connection at once
+    (`JetStreamPublisher`)."""
 
     def __init__(self, nc: Client, stream: str) -> None:
         self.nc = nc
         self.stream = stream
         # `new_inbox` keeps to the connection's inbox prefix, which NATS permissions allow.
         self.prefix = nc.new_inbox() + "."
+        self.publisher = JetStreamPublisher(nc, stream, self.prefix)
         self.futures: dict[str, asyncio.Future[bool]] = {}
         self.sent = 0
         self.subscription: Subscription | None = None
@@ -100,18 +102,27 @@ class _Acks:
             fut.cancel()
         self.futures.clear()
 
-    async def publish(self, subject: str, body: bytes, msg_id: str) -> asyncio.Future[bool]:
-        self.sent += 1
-        token = str(self.sent)
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.futures[token] = fut
-        await self.nc.publish(
-            subject,
-            body,
-            reply=self.prefix + token,
-            headers={"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": self.stream},
-        )
-        return fut
+    async def publish(
+        self, messages: Sequence[tuple[str, bytes, str]]
+    ) -> list[asyncio.Future[bool]]:
+        """Publish (subject, body, msg id)s, in order; a future for each acknowledgement. A
+        message the connection cannot take raises before any of them is sent."""
+        command = self.publisher.command
+        first = self.sent + 1
+        commands = [
+            command(subject, token, msg_id, body)
+            for token, (subject, body, msg_id) in enumerate(messages, first)
+        ]
+        new_future = asyncio.get_running_loop().create_future
+        futures: list[asyncio.Future[bool]] = [new_future() for _ in commands]
+        self.futures.update(zip(map(str, range(first, first + len(futures))), futures, strict=True))
+        self.sent += len(futures)
+        try:
+            await self.publisher.send(commands)
+        except BaseException:
+            self.forget(futures)
+            raise
+        return futures
 
     def forget(self, futures: Sequence[asyncio.Future[bool]]) -> None:
         """Stop waiting for these (a page given up on): cancel them, drop their tokens."""
@@ -359,10 +370,9 @@ class Relay:
         started = time.perf_counter()
         message = self._envelopes.message
         source = self.source
-        futures = []
-        for n in notifications:
-            subject, body = message(n)
-            futures.append(await acks.publish(subject, body, contract.msg_id(source, n.id)))
+        futures = await acks.publish(
+            [(*message(n), contract.msg_id(source, n.id)) for n in notifications]
+        )
         return _Page(notifications, futures, started)
 
     async def _settle(self, acks: _Acks, page: _Page) -> None:
