@@ -2,7 +2,8 @@
 
 It tails the notification log, publishes each stored event to JetStream as a CloudEvents
 envelope (after commit, in log order, pipelined in batches), and records in the same store how
-far it got (after each full batch, and at most once a second under a trickle). Each save also
+far it got (every `RECORD_AFTER_EVENTS` events through a backlog, and at most once a second
+under a trickle). Each save also
 hands it the events it committed (`offer`): when they are the next ones of the log, it
 publishes them without reading them back from the store. After a crash it starts again from
 the recorded position: anything published but not yet recorded goes out again with the same
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 
 # Notifications kept from saves' offers at most; past that the relay reads the store.
 OFFERED_MAX = 10_000
+# Through a backlog, the position is recorded after this many events (or a page, if larger):
+# a record is a commit, which took a tenth of the relay's time when made after every page of
+# 2,000. A crash republishes at most this many, which JetStream drops as duplicates.
+RECORD_AFTER_EVENTS = 10_000
 
 
 @dataclass
@@ -174,6 +179,7 @@ class Relay:
         self.link = link
         self.stream = stream
         self.batch_size = batch_size
+        self.record_after = max(batch_size, RECORD_AFTER_EVENTS)
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
         self.record_every = record_every
@@ -402,10 +408,10 @@ class Relay:
             self.position = last
             # Recording is a commit (an fsync on SQLite) competing with the writer's: under a
             # trickle of commands, record at most every `record_every` seconds; through a
-            # backlog, after each full batch. A crash republishes at most that much, which
-            # JetStream and the consumers drop as duplicates.
+            # backlog, every `record_after` events. A crash republishes at most that much,
+            # which JetStream and the consumers drop as duplicates.
             if (
-                last - self._recorded >= self.batch_size
+                last - self._recorded >= self.record_after
                 or time.monotonic() - self._recorded_at >= self.record_every
             ):
                 await self._record()

@@ -26,7 +26,7 @@ from shared import contract
 from shared.domain import CommandContext, command_context
 from shared.envelopes import Envelopes
 from shared.nats import NatsLink
-from shared.relay import Relay
+from shared.relay import RECORD_AFTER_EVENTS, Relay
 from shared.serve import command
 from shared.store import RELAY_TRACKING_NAME, store_env
 from shared.telemetry import RELAY_DUPLICATES
@@ -151,12 +151,34 @@ async def test_crash_between_publish_and_record_republishes_without_duplicates(
 
     app.recorder.advance_tracking = crash_once
     before = RELAY_DUPLICATES.labels("goals")._value.get()
-    await relay_until(app, nats_server.url, 700)
-    # Both pages were in flight when recording failed (the second is published while the
-    # first is acknowledged): all 700 went out twice, and JetStream recognised every repeat
-    # by its Nats-Msg-Id.
+    async with running_relay(app, nats_server.url):
+        await wait_for(lambda: _eq_tracking(app, 700))
+    # Everything was published before the first record, which failed: all 700 went out
+    # again, and JetStream recognised every repeat by its Nats-Msg-Id.
     assert RELAY_DUPLICATES.labels("goals")._value.get() - before == 700
     assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
+
+
+async def test_through_a_backlog_the_position_is_recorded_every_ten_thousand_events(
+    goals_settings, nats_server
+):
+    count = RECORD_AFTER_EVENTS + 2000
+    app = store_events(goals_settings, count)
+    original = app.recorder.advance_tracking
+    recorded: list[int] = []
+
+    def record(name, expected, position):
+        recorded.append(position)
+        return original(name, expected, position)
+
+    app.recorder.advance_tracking = record
+    async with running_relay(app, nats_server.url, record_every=60) as relay:
+        await wait_for(lambda: _async(relay.position == count))
+        # Pages of 500: one record, at the first page end past 10,000, and none at the rest
+        # (the last, 2,000 events on, waits for a second's trickle or the stop).
+        assert recorded == [RECORD_AFTER_EVENTS]
+    assert recorded == [RECORD_AFTER_EVENTS, count]
+    assert app.recorder.max_tracking_id(RELAY_TRACKING_NAME) == count
 
 
 async def test_relay_killed_mid_batch_resumes_with_nothing_lost_or_doubled(
