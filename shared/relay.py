@@ -3,14 +3,13 @@
 It tails the notification log, publishes each stored event to JetStream as a CloudEvents
 envelope (after commit, in log order, pipelined in batches), and records in the same store how
 far it got (every `RECORD_AFTER_EVENTS` events through a backlog, and at most once a second
-under a trickle). Each save also
-hands it the events it committed (`offer`): when they are the next ones of the log, it
-publishes them without reading them back from the store. After a crash it starts again from
-the recorded position: anything published but not yet recorded goes out again with the same
-`Nats-Msg-Id`, which JetStream drops within its duplicate window and subscribers drop by
-(source, sequence) after it. An operator may move the recorded position back (`rewind`,
-after NATS lost messages): the relay records only over what it recorded itself, so it
-notices, and starts again from there.
+under a trickle). Each save also hands it the events it committed (`offer`): when they are
+the next ones of the log, it publishes them without reading them back from the store. After a
+crash it starts again from the recorded position: anything published but not yet recorded goes
+out again with the same `Nats-Msg-Id`, which JetStream drops within its duplicate window and
+subscribers drop by (source, sequence) after it. An operator may move the recorded position
+back (`rewind`, after NATS lost messages): the relay records only over what it recorded
+itself, so it notices, and starts again from there.
 """
 
 from __future__ import annotations
@@ -88,7 +87,6 @@ class _Acks:
 
     def __init__(self, nc: Client, stream: str) -> None:
         self.nc = nc
-        self.stream = stream
         # `new_inbox` keeps to the connection's inbox prefix, which NATS permissions allow.
         self.prefix = nc.new_inbox() + "."
         self.publisher = JetStreamPublisher(nc, stream, self.prefix)
