@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -21,86 +22,89 @@ from tests.support import NatsServer, read_stream
 SUBJECT = "okr.goals.cycle.scheduled.v1"
 
 
-async def _answers(nc: Client, prefix: str, count: int) -> dict[str, dict[str, Any]]:
-    """Subscribe to the replies under `prefix`; a dict filled with the answers by token."""
-    answers: dict[str, dict[str, Any]] = {}
-    done = asyncio.Event()
+class Answers:
+    """JetStream's answers to publishes replying under `prefix`, by token."""
 
-    async def answer(msg: Any) -> None:
-        answers[msg.subject[len(prefix) :]] = orjson.loads(msg.data)
-        if len(answers) >= count:
-            done.set()
+    def __init__(self, prefix: str, count: int) -> None:
+        self.prefix = prefix
+        self.count = count
+        self.by_token: dict[str, dict[str, Any]] = {}
+        self.done = asyncio.Event()
 
-    await nc.subscribe(prefix + "*", cb=answer)
-    answers["_done"] = done  # type: ignore[assignment]
-    return answers
+    async def start(self, nc: Client) -> Answers:
+        await nc.subscribe(self.prefix + "*", cb=self._answer)
+        return self
+
+    async def _answer(self, msg: Any) -> None:
+        self.by_token[msg.subject[len(self.prefix) :]] = orjson.loads(msg.data)
+        if len(self.by_token) >= self.count:
+            self.done.set()
+
+    async def wait(self) -> dict[str, dict[str, Any]]:
+        await asyncio.wait_for(self.done.wait(), 10)
+        return self.by_token
 
 
-async def test_a_message_is_the_bytes_nats_py_publishes(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def test_a_message_is_the_bytes_nats_py_publishes(nc: Client) -> None:
+    written: list[bytes] = []
+
+    async def record(cmd: bytes, priority: bool = False) -> None:
+        written.append(cmd)
+
+    prefix = nc.new_inbox() + "."
+    publisher = JetStreamPublisher(nc, "OKR", prefix)
+    body = b'{"id":"x","data":{"name":"Q1 \xc3\xa9"}}'
+    original = nc._send_command
+    nc._send_command = record  # type: ignore[method-assign]
     try:
-        written: list[bytes] = []
-
-        async def record(cmd: bytes, priority: bool = False) -> None:
-            written.append(cmd)
-
-        prefix = nc.new_inbox() + "."
-        publisher = JetStreamPublisher(nc, "OKR", prefix)
-        body = b'{"id":"x","data":{"name":"Q1 \xc3\xa9"}}'
-        original = nc._send_command
-        nc._send_command = record  # type: ignore[method-assign]
-        try:
-            await nc.publish(
-                SUBJECT,
-                body,
-                reply=prefix + "17",
-                headers={"Nats-Msg-Id": "okr/goals:17", "Nats-Expected-Stream": "OKR"},
-            )
-        finally:
-            nc._send_command = original  # type: ignore[method-assign]
-        assert written == [publisher.command(SUBJECT, 17, "okr/goals:17", body)]
+        await nc.publish(
+            SUBJECT,
+            body,
+            reply=prefix + "17",
+            headers={"Nats-Msg-Id": "okr/goals:17", "Nats-Expected-Stream": "OKR"},
+        )
     finally:
-        await nc.close()
+        nc._send_command = original  # type: ignore[method-assign]
+    assert written == [publisher.command(SUBJECT, 17, "okr/goals:17", body)]
 
 
-async def test_a_page_reaches_the_stream_in_order_with_its_ids(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        prefix = nc.new_inbox() + "."
-        answers = await _answers(nc, prefix, 4)
-        publisher = JetStreamPublisher(nc, "OKR", prefix)
-        bodies = [orjson.dumps({"n": n}) for n in range(3)]
-        commands = [
-            publisher.command(SUBJECT, n, f"okr/goals:{n}", b) for n, b in enumerate(bodies)
-        ]
-        # The same id again: JetStream takes it for a duplicate.
-        commands.append(publisher.command(SUBJECT, 3, "okr/goals:1", b"again"))
-        await publisher.send(commands)
-        await asyncio.wait_for(answers["_done"].wait(), 10)  # type: ignore[attr-defined]
-        assert [answers[str(n)].get("seq") for n in range(3)] == [1, 2, 3]
-        assert answers["3"] == {"stream": "OKR", "seq": 2, "duplicate": True}
-        assert nc.stats["out_msgs"] == 4
-        messages = await read_stream(nats_server.url, 3)
-        assert [m.data for m in messages] == bodies
-        assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"okr/goals:{n}" for n in range(3)]
-        assert [m.subject for m in messages] == [SUBJECT] * 3
-    finally:
-        await nc.close()
+async def test_a_page_reaches_the_stream_in_order_with_its_ids(
+    nc: Client, nats_server: NatsServer
+) -> None:
+    prefix = nc.new_inbox() + "."
+    answers = await Answers(prefix, 4).start(nc)
+    publisher = JetStreamPublisher(nc, "OKR", prefix)
+    bodies = [orjson.dumps({"n": n}) for n in range(3)]
+    commands = [publisher.command(SUBJECT, n, f"okr/goals:{n}", b) for n, b in enumerate(bodies)]
+    # The same id again: JetStream takes it for a duplicate.
+    commands.append(publisher.command(SUBJECT, 3, "okr/goals:1", b"again"))
+    await publisher.send(commands)
+    answered = await answers.wait()
+    assert [answered[str(n)].get("seq") for n in range(3)] == [1, 2, 3]
+    assert answered["3"] == {"stream": "OKR", "seq": 2, "duplicate": True}
+    assert nc.stats["out_msgs"] == 4
+    messages = await read_stream(nats_server.url, 3)
+    assert [m.data for m in messages] == bodies
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"okr/goals:{n}" for n in range(3)]
+    assert [m.subject for m in messages] == [SUBJECT] * 3
 
 
-async def test_the_expected_stream_is_enforced(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        prefix = nc.new_inbox() + "."
-        answers = await _answers(nc, prefix, 1)
-        publisher = JetStreamPublisher(nc, "ELSEWHERE", prefix)
-        await publisher.send([publisher.command(SUBJECT, 1, "okr/goals:1", b"{}")])
-        await asyncio.wait_for(answers["_done"].wait(), 10)  # type: ignore[attr-defined]
-        assert answers["1"]["error"]["err_code"] == 10060  # expected stream does not match
-        info = await nc.jetstream().stream_info("OKR")
-        assert info.state.messages == 0
-    finally:
-        await nc.close()
+async def test_the_expected_stream_is_enforced(nc: Client) -> None:
+    prefix = nc.new_inbox() + "."
+    answers = await Answers(prefix, 1).start(nc)
+    publisher = JetStreamPublisher(nc, "ELSEWHERE", prefix)
+    await publisher.send([publisher.command(SUBJECT, 1, "okr/goals:1", b"{}")])
+    answered = await answers.wait()
+    assert answered["1"]["error"]["err_code"] == 10060  # expected stream does not match
+    info = await nc.jetstream().stream_info("OKR")
+    assert info.state.messages == 0
 
 
 @pytest.mark.parametrize(
@@ -116,30 +120,22 @@ async def test_the_expected_stream_is_enforced(nats_server: NatsServer) -> None:
     ],
 )
 async def test_what_the_protocol_cannot_carry_is_refused_and_nothing_is_sent(
-    nats_server: NatsServer, subject: str, msg_id: str, size: int, error: type[Exception]
+    nc: Client, subject: str, msg_id: str, size: int, error: type[Exception]
 ) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        publisher = JetStreamPublisher(nc, "OKR", nc.new_inbox() + ".")
-        pending = nc._pending_data_size
-        with pytest.raises(error):
-            publisher.command(subject, 1, msg_id, b"x" * size)
-        assert nc._pending_data_size == pending
-        assert nc.stats["out_msgs"] == 0
-    finally:
-        await nc.close()
+    publisher = JetStreamPublisher(nc, "OKR", nc.new_inbox() + ".")
+    pending = nc._pending_data_size
+    with pytest.raises(error):
+        publisher.command(subject, 1, msg_id, b"x" * size)
+    assert nc._pending_data_size == pending
+    assert nc.stats["out_msgs"] == 0
 
 
 @pytest.mark.parametrize(("stream", "prefix"), [("O K R", "_INBOX.x."), ("OKR", "_INBOX x.")])
 async def test_a_stream_or_reply_prefix_that_cannot_be_written_is_refused(
-    nats_server: NatsServer, stream: str, prefix: str
+    nc: Client, stream: str, prefix: str
 ) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        with pytest.raises((ValueError, nats_errors.BadSubjectError)):
-            JetStreamPublisher(nc, stream, prefix)
-    finally:
-        await nc.close()
+    with pytest.raises((ValueError, nats_errors.BadSubjectError)):
+        JetStreamPublisher(nc, stream, prefix)
 
 
 async def test_a_closed_connection_takes_nothing(nats_server: NatsServer) -> None:
