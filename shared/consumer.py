@@ -58,7 +58,7 @@ from shared.contract import UUID_TEXT
 from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
 from shared.logs import bind
-from shared.nats import NatsLink
+from shared.nats import NatsLink, acknowledge_all
 from shared.pull import ContinuousPull, Delivery, delivery
 from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
@@ -1253,8 +1253,12 @@ class Consumer:
                 if time.monotonic() - self._unsynced_since >= self.sync_every:
                     await self._sync_and_settle()
             else:
-                for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True)):
-                    await self._settle(msg, outcome, invalid.get(i))
+                await self._settle(
+                    [
+                        (msg, outcome, invalid.get(i))
+                        for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True))
+                    ]
+                )
             applied = outcomes.count(Outcome.APPLIED)
             CONSUMER_APPLIED.labels(self.service, self.name).inc(applied)
             CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
@@ -1287,8 +1291,8 @@ class Consumer:
         count = len(self._unsynced)
         if not count or self._sync_failed is not None:
             return
-        # Each taken off only as it is settled: a stop that cancels this part-way leaves the
-        # rest for the next call (the consumer's last, as it stops).
+        # Taken off only once settled: a stop that cancels this part-way leaves them for the
+        # next call (the consumer's last, as it stops), which may acknowledge some twice.
         try:
             await self._worker.run(self.inbox.sync)
         except (OSError, PersistenceError) as e:
@@ -1306,24 +1310,29 @@ class Consumer:
             self._on_sync_failed()
             raise
         unsynced = self._unsynced
+        await self._settle([unsynced[i] for i in range(count)])
         for _ in range(count):
-            msg, outcome, reason = unsynced[0]
-            await self._settle(msg, outcome, reason)
             unsynced.popleft()
 
-    async def _settle(self, msg: Msg, outcome: Outcome, reason: str | None) -> None:
-        if outcome is Outcome.INVALID:
-            await self._reject(msg, reason or "invalid")
-        elif outcome is Outcome.EARLY:
-            # Its predecessor is still on its way: back off a little more each time.
-            CONSUMER_RESCHEDULED.labels(self.service, self.name).inc()
-            attempts = _delivered(msg)
-            await msg.nak(delay=min(self.early_delay * attempts, 30.0))
-        else:
-            await self.acknowledge(msg)
+    async def _settle(self, settled: Sequence[tuple[Msg, Outcome, str | None]]) -> None:
+        """Acknowledge the messages applied or recognised as duplicates, together; hand back
+        those that came early and reject the invalid ones, each on its own (both are rare)."""
+        await self.acknowledge(
+            [msg for msg, outcome, _ in settled if outcome in (Outcome.APPLIED, Outcome.DUPLICATE)]
+        )
+        for msg, outcome, reason in settled:
+            if outcome is Outcome.INVALID:
+                await self._reject(msg, reason or "invalid")
+            elif outcome is Outcome.EARLY:
+                # Its predecessor is still on its way: back off a little more each time.
+                CONSUMER_RESCHEDULED.labels(self.service, self.name).inc()
+                attempts = _delivered(msg)
+                await msg.nak(delay=min(self.early_delay * attempts, 30.0))
 
-    async def acknowledge(self, msg: Msg) -> None:
-        await msg.ack()
+    async def acknowledge(self, msgs: Sequence[Msg]) -> None:
+        """Acknowledge messages whose effect is stored (in one write to the connection)."""
+        if msgs:
+            await acknowledge_all(msgs[0]._client, msgs)
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         CONSUMER_REJECTED.labels(self.service, self.name).inc()

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats import errors as nats_errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -189,27 +190,59 @@ class JetStreamPublisher:
     def ready(self, size: int) -> None:
         """Raise what `publish` raises when `size` bytes of commands cannot be sent now: a
         closed or draining connection, or, while reconnecting, a full (or no) buffer."""
-        nc = self.nc
-        if nc.is_closed:
-            raise nats_errors.ConnectionClosedError
-        if nc.is_draining_pubs:
-            raise nats_errors.ConnectionDrainingError
-        if not nc.is_connected and (
-            nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
-        ):
-            raise nats_errors.OutboundBufferLimitError
+        _ready(self.nc, size)
 
     async def send(self, commands: Sequence[bytes]) -> None:
         """Hand whole commands to the connection as `publish` hands each of its own: into the
         buffer (flushed at once past its limit), then a nudge to the flusher task."""
-        data = b"".join(commands)
-        self.ready(len(data))
-        nc = self.nc
-        nc.stats["out_msgs"] += len(commands)
-        nc.stats["out_bytes"] += len(data)  # headers and protocol lines included
-        await nc._send_command(data)
-        if nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
+        await _send(self.nc, commands)
+
+
+def _ready(nc: Client, size: int) -> None:
+    if nc.is_closed:
+        raise nats_errors.ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise nats_errors.ConnectionDrainingError
+    if not nc.is_connected and (
+        nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+    ):
+        raise nats_errors.OutboundBufferLimitError
+
+
+async def _send(nc: Client, commands: Sequence[bytes]) -> None:
+    data = b"".join(commands)
+    _ready(nc, len(data))
+    nc.stats["out_msgs"] += len(commands)
+    nc.stats["out_bytes"] += len(data)  # headers and protocol lines included
+    await nc._send_command(data)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
+
+
+async def acknowledge_all(nc: Client, msgs: Sequence[Msg]) -> None:
+    """Acknowledge JetStream messages as `Msg.ack` does each, in one write to the connection.
+
+    `ack` is a `publish` of an empty message to the message's reply subject: about 3 µs each,
+    a tenth of what a consumer's event loop spends per message through a catch-up or a
+    rebuild. The same commands are built here (the bytes are held to `ack`'s by
+    `tests/integration/test_nats_publisher.py`) and handed to the connection together; what
+    `ack` refuses (no reply subject, a message settled already) is refused before anything is
+    sent, as is a reply subject the protocol cannot carry."""
+    commands = []
+    for msg in msgs:
+        reply = msg.reply
+        if not reply:
+            raise nats_errors.NotJSMessageError
+        if msg._ackd:
+            raise nats_errors.MsgAlreadyAckdError(msg)
+        if _NOT_IN_SUBJECT.search(reply):
+            raise nats_errors.BadSubjectError
+        commands.append(b"PUB %b  0\r\n\r\n" % reply.encode())
+    if not commands:
+        return
+    await _send(nc, commands)
+    for msg in msgs:
+        msg._ackd = True
 
 
 class NatsLink:

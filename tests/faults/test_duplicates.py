@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -382,13 +382,14 @@ async def test_events_handed_back_after_being_applied_change_no_view(system: Sys
     await settle(system.services)
     handed_back: dict[str, int] = {}
 
-    def nak_first(consumer: Any) -> Callable[[Msg], Coroutine[Any, Any, None]]:
-        async def acknowledge(msg: Msg) -> None:
-            if msg.metadata.num_delivered == 1:
-                handed_back[consumer.durable] = handed_back.get(consumer.durable, 0) + 1
-                await msg.nak()
-            else:
-                await msg.ack()
+    def nak_first(consumer: Any) -> Callable[[Sequence[Msg]], Coroutine[Any, Any, None]]:
+        async def acknowledge(msgs: Sequence[Msg]) -> None:
+            for msg in msgs:
+                if msg.metadata.num_delivered == 1:
+                    handed_back[consumer.durable] = handed_back.get(consumer.durable, 0) + 1
+                    await msg.nak()
+                else:
+                    await msg.ack()
 
         return acknowledge
 
@@ -438,7 +439,7 @@ async def test_consumers_restarted_before_acknowledging_change_no_view(system: S
     for name in restarted:
         for consumer in system.services[name].runtime.consumers:
 
-            async def never(msg: Msg) -> None:
+            async def never(msgs: Sequence[Msg]) -> None:
                 return None
 
             consumer.acknowledge = never  # type: ignore[method-assign, assignment]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +48,7 @@ class CrashesBeforeAck(Consumer):
     """Commits each batch, then dies before acknowledging it: the effect is stored, and
     JetStream still thinks nothing was delivered."""
 
-    async def acknowledge(self, msg: Msg) -> None:
+    async def acknowledge(self, msgs: Sequence[Msg]) -> None:
         return None
 
 

@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,11 @@ class _Trace:
             self.syncs += 1
             self.synced = covered
 
-        async def traced_acknowledge(consumer: Consumer, msg: Msg) -> None:
-            self.acked += 1
+        async def traced_acknowledge(consumer: Consumer, msgs: Sequence[Msg]) -> None:
+            self.acked += len(msgs)
             if self.acked > self.synced:
                 self.early_acks += 1
-            await acknowledge(consumer, msg)
+            await acknowledge(consumer, msgs)
 
         monkeypatch.setattr(Inbox, "process", traced_process)
         monkeypatch.setattr(Inbox, "sync", traced_sync)

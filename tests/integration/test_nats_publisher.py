@@ -1,7 +1,7 @@
-"""`JetStreamPublisher` against a real nats-server: the relay's messages, written into the
-connection many at a time, are the bytes nats-py's `publish` writes for them, reach the
-stream with their ids, and anything the protocol cannot carry is refused before a byte is
-sent."""
+"""`JetStreamPublisher` and `acknowledge_all` against a real nats-server: the relay's
+messages and a consumer's acknowledgements, written into the connection many at a time, are the
+bytes nats-py's `publish` and `Msg.ack` write for them, reach the server, and anything the
+protocol cannot carry is refused before a byte is sent."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import orjson
 import pytest
 from nats import errors as nats_errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from shared.nats import JetStreamPublisher
+from shared.nats import JetStreamPublisher, acknowledge_all
 from tests.support import NatsServer, read_stream
 
 SUBJECT = "okr.goals.cycle.scheduled.v1"
@@ -175,3 +177,83 @@ async def test_while_reconnecting_a_page_beyond_the_buffer_is_refused_whole(
     finally:
         with contextlib.suppress(Exception):  # closing without a server may fail to flush
             await nc.close()
+
+
+# --- acknowledgements ------------------------------------------------------------------------
+
+
+async def _delivered(nc: Client, count: int) -> list[Msg]:
+    """`count` messages published to the stream and delivered, unacknowledged, to a durable."""
+    js = nc.jetstream()
+    for n in range(count):
+        await js.publish(SUBJECT, orjson.dumps({"n": n}))
+    sub = await js.pull_subscribe(
+        "okr.>", durable="acks", stream="OKR", config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
+    )
+    return await sub.fetch(count, timeout=5)
+
+
+async def test_an_acknowledgement_is_the_bytes_msg_ack_writes(nc: Client) -> None:
+    written: list[bytes] = []
+
+    async def record(cmd: bytes, priority: bool = False) -> None:
+        written.append(cmd)
+
+    reply = "$JS.ACK.OKR.views.1.7.7.1765093841617281000.0"
+    by_ack, by_us = Msg(nc, SUBJECT, reply, b"{}"), Msg(nc, SUBJECT, reply, b"{}")
+    original = nc._send_command
+    nc._send_command = record  # type: ignore[method-assign]
+    try:
+        await by_ack.ack()
+        await acknowledge_all(nc, [by_us, by_us])
+    finally:
+        nc._send_command = original  # type: ignore[method-assign]
+    assert written[1] == written[0] * 2
+    assert by_us._ackd
+
+
+async def test_acknowledged_together_the_messages_are_settled_on_the_server(nc: Client) -> None:
+    msgs = await _delivered(nc, 5)
+    assert len(msgs) == 5
+    await acknowledge_all(nc, msgs[:4])
+    await nc.flush()
+    info = await nc.jetstream().consumer_info("OKR", "acks")
+    assert info.ack_floor.stream_seq == 4
+    assert info.num_ack_pending == 1
+    assert nc.stats["out_msgs"] >= 4
+    # Settled once: `ack` refuses them now, as it refuses a message it acknowledged itself.
+    with pytest.raises(nats_errors.MsgAlreadyAckdError):
+        await msgs[0].ack()
+
+
+@pytest.mark.parametrize(
+    ("reply", "acked", "error"),
+    [
+        (None, False, nats_errors.NotJSMessageError),
+        ("", False, nats_errors.NotJSMessageError),
+        ("$JS.ACK.OKR.views.1.2.2.0.0", True, nats_errors.MsgAlreadyAckdError),
+        ("$JS.ACK.OKR.views.1.2.2.0.0 x", False, nats_errors.BadSubjectError),
+        ("$JS.ACK.OKR.views.1.2.2.0.0\r\nPUB okr.x 1", False, nats_errors.BadSubjectError),
+    ],
+)
+async def test_an_acknowledgement_that_cannot_be_sent_refuses_the_whole_list(
+    nc: Client, reply: str | None, acked: bool, error: type[Exception]
+) -> None:
+    good = Msg(nc, SUBJECT, "$JS.ACK.OKR.views.1.1.1.0.0", b"{}")
+    bad = Msg(nc, SUBJECT, reply, b"{}")  # type: ignore[arg-type]
+    bad._ackd = acked
+    pending = nc._pending_data_size
+    with pytest.raises(error):
+        await acknowledge_all(nc, [good, bad])
+    assert nc._pending_data_size == pending
+    assert nc.stats["out_msgs"] == 0
+    assert not good._ackd
+
+
+async def test_no_acknowledgement_goes_to_a_closed_connection(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    msg = Msg(nc, SUBJECT, "$JS.ACK.OKR.views.1.1.1.0.0", b"{}")
+    await nc.close()
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await acknowledge_all(nc, [msg])
+    assert not msg._ackd

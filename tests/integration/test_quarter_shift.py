@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,7 @@ async def test_a_finalisation_redelivered_by_nats_carries_nothing_twice(
 
 
 class CrashesBeforeAck(Consumer):
-    async def acknowledge(self, msg: Msg) -> None:
+    async def acknowledge(self, msgs: Sequence[Msg]) -> None:
         return None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import nats
@@ -148,7 +149,7 @@ async def test_messages_applied_but_not_acknowledged_before_a_crash_change_nothi
     bodies = goals_events(20)
     await publish(nats_server.url, bodies)
 
-    async def crashes_before_acknowledging(consumer: Consumer, msg: Msg) -> None:
+    async def crashes_before_acknowledging(consumer: Consumer, msgs: Sequence[Msg]) -> None:
         pass
 
     with monkeypatch.context() as m:
