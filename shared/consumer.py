@@ -149,7 +149,7 @@ class Received:
     def service(self) -> str:
         return self.source.removeprefix("okr/")
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The type without its version: `okr.goals.key_result.defined`."""
         return self.type.rsplit(".", 1)[0]
@@ -229,7 +229,11 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
         error = e.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise InvalidMessage(f"{event_type}: data.{where}: {error['msg']}") from e
-    return Received(
+    # Made without the frozen dataclass's __init__, which sets each field through
+    # `object.__setattr__`: 1.5 µs against 0.4 µs per event, on the consumer's event loop.
+    # `tests/unit/test_envelope.py` holds the fields to the class's.
+    received: Received = _new(Received)
+    received.__dict__.update(
         id=_text(body, "id", 64),
         source=source,
         type=latest.type,
@@ -242,6 +246,10 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
         correlation_id=_text(body, "correlationid", 128),
         causation_id=_text(body, "causationid", 128),
     )
+    return received
+
+
+_new = object.__new__
 
 
 # --- applying, once -------------------------------------------------------------------------
@@ -1108,6 +1116,10 @@ class Consumer:
                 if self._lost:
                     await self._recover_lost()
                 applying, checked = asyncio.create_task(self._apply(checked)), None
+                # Let it hand its batch to the worker thread now: taking and checking the next
+                # batch does not yield to the loop, so the batch would otherwise wait for that
+                # check, and the two would never overlap.
+                await asyncio.sleep(0)
                 await self._settle_doubts()
                 await self._measure_lag()
         except asyncio.CancelledError:

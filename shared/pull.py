@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections import deque
@@ -46,6 +47,9 @@ class Delivery(NamedTuple):
     pending: int  # messages the consumer still had to deliver after it
 
 
+# Recently read reply subjects: each message's is read twice, as it arrives (to keep stream
+# messages only) and as its batch is checked, a few thousand messages later at most.
+@functools.lru_cache(maxsize=4096)
 def delivery(reply: str | None) -> Delivery | None:
     """A stream message's delivery, read from its `$JS.ACK` reply subject; None when the reply
     is not one. `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.

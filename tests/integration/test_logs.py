@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.logs import bind, configure
+from shared.logs import bind, configure, context_fields
 from tests.http.helpers import create_cycle
 from tests.support import SECRET, NatsServer, RunningService, auth, free_port
 
@@ -47,6 +47,21 @@ def test_a_record_is_one_json_object_with_the_context() -> None:
     )
     assert "time" in inside
     assert "correlation_id" not in outside and outside["level"] == "WARNING"
+
+
+def test_bound_fields_nest_and_are_gone_after_their_block() -> None:
+    with bind(correlation_id="c-1", actor="alice"):
+        with bind(causation_id="e-1", actor=None):  # None leaves the outer value
+            assert context_fields() == {
+                "correlation_id": "c-1",
+                "actor": "alice",
+                "causation_id": "e-1",
+            }
+        assert context_fields() == {"correlation_id": "c-1", "actor": "alice"}
+        with pytest.raises(RuntimeError), bind(event_id="e-2"):
+            raise RuntimeError
+        assert context_fields() == {"correlation_id": "c-1", "actor": "alice"}
+    assert context_fields() == {}
 
 
 async def test_ids_go_from_the_request_through_the_event_into_the_consumer(

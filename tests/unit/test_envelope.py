@@ -3,6 +3,7 @@ trusted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shared.consumer import InvalidMessage, parse
+from shared.consumer import InvalidMessage, Received, parse
 
 SUBJECT = "okr.goals.key_result.defined"
 AGG = str(uuid.uuid4())
@@ -51,6 +52,15 @@ def envelope(**overrides: Any) -> dict[str, Any]:
 
 def encode(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
+
+
+def test_a_parsed_event_has_every_field_and_equals_one_made_by_the_class() -> None:
+    received = parse(SUBJECT, encode(envelope()), "okr/goals:7")
+    fields = {f.name for f in dataclasses.fields(Received)}
+    assert set(vars(received)) == fields
+    assert received == Received(**{name: getattr(received, name) for name in fields})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        received.sequence = 8  # type: ignore[misc]
 
 
 def test_a_valid_envelope_is_read() -> None:
