@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from typing import Any
 
 import psycopg
@@ -61,7 +62,7 @@ def _multi_row(
         chunk = rows[start : start + per]
         yield (
             f"{head} VALUES {', '.join([one] * len(chunk))}{tail}",
-            tuple(v for row in chunk for v in row),
+            tuple(chain.from_iterable(chunk)),
         )
 
 
