@@ -35,8 +35,11 @@ from shared.nats import NatsLink
 from shared.settings import ServiceSettings
 from shared.sql import Database
 
-# Events applied per transaction while rebuilding.
-REBUILD_BATCH = 1000
+# Events applied per transaction while rebuilding. Against 1,000: fewer commits, and each
+# key result's progress written once per batch for three times the check-ins (measured
+# 15,800-16,400 -> 18,000-18,200 events/s on SQLite, about +9% on PostgreSQL, at 100,000
+# events); larger batches gained nothing more.
+REBUILD_BATCH = 3000
 
 GENERATION_TABLE = (
     "CREATE TABLE IF NOT EXISTS {t}view_generation (id INTEGER PRIMARY KEY, live INTEGER NOT NULL)"
