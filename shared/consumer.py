@@ -1304,7 +1304,7 @@ class Consumer:
         if not count or self._sync_failed is not None:
             return
         # Taken off only once settled: a stop that cancels this part-way leaves them for the
-        # next call (the consumer's last, as it stops), which may acknowledge some twice.
+        # next call (the consumer's last, as it stops), which settles those still unsettled.
         try:
             await self._worker.run(self.inbox.sync)
         except (OSError, PersistenceError) as e:
@@ -1328,11 +1328,17 @@ class Consumer:
 
     async def _settle(self, settled: Sequence[tuple[Msg, Outcome, str | None]]) -> None:
         """Acknowledge the messages applied or recognised as duplicates, together; hand back
-        those that came early and reject the invalid ones, each on its own (both are rare)."""
+        those that came early and reject the invalid ones, each on its own (both are rare).
+        A message settled already (by a call a stop cancelled part-way) is left as it is."""
+        unsettled = [(msg, outcome, reason) for msg, outcome, reason in settled if not msg._ackd]
         await self.acknowledge(
-            [msg for msg, outcome, _ in settled if outcome in (Outcome.APPLIED, Outcome.DUPLICATE)]
+            [
+                msg
+                for msg, outcome, _ in unsettled
+                if outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
+            ]
         )
-        for msg, outcome, reason in settled:
+        for msg, outcome, reason in unsettled:
             if outcome is Outcome.INVALID:
                 await self._reject(msg, reason or "invalid")
             elif outcome is Outcome.EARLY:

@@ -2,7 +2,8 @@
 with what joined it, in one batch; without a linger (or with a full batch) it is applied at
 once; the next batch is checked while the one before is applied, and applied after it; a
 failed batch takes the next one back with it; a wait that brought nothing marks the consumer
-caught up, once the last batch is in. The pull here is scripted: what arrives when is the
+caught up, once the last batch is in; settling a batch again settles only what the first
+time left unsettled. The pull here is scripted: what arrives when is the
 point, and a real server cannot be timed that closely."""
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 import pydantic
 import pytest
 from eventsourcing.persistence import PersistenceError
+from nats.aio.msg import Msg
 
 from services.reviews.main import ReviewsSettings
-from shared.consumer import Consumer, _Batch
+from shared.consumer import Consumer, Outcome, _Batch
 from shared.nats import NatsLink
 
 
@@ -200,3 +202,50 @@ def test_the_reviews_linger_is_a_bounded_setting(monkeypatch: Any) -> None:
         monkeypatch.setenv("OKR_REVIEWS_CONSUMER_LINGER_S", wrong)
         with pytest.raises(pydantic.ValidationError, match=r"consumer_linger_s|LINGER"):
             ReviewsSettings()
+
+
+# --- settling -------------------------------------------------------------------------------
+
+
+class _Connection:
+    """What a message's settling writes: the commands handed to the connection in one piece,
+    and each `publish` (a hand-back or a rejection)."""
+
+    is_closed = False
+    is_draining_pubs = False
+    is_connected = True
+    _flush_queue = None
+
+    def __init__(self) -> None:
+        self.stats = {"out_msgs": 0, "out_bytes": 0}
+        self.written: list[bytes] = []
+
+    async def _send_command(self, data: bytes, priority: bool = False) -> None:
+        self.written.append(data)
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.written.append(b"PUB " + subject.encode() + b" " + payload)
+
+
+async def test_each_message_is_settled_once_however_often_its_batch_is_settled() -> None:
+    nc = _Connection()
+    consumer = Recorded([], [], linger=0)
+    applied, duplicate, early, invalid = (
+        Msg(nc, "okr.goals.a.b", f"$JS.ACK.S.test-loop.1.{n}.{n}.0.0", b"{}")  # type: ignore[arg-type]
+        for n in range(1, 5)
+    )
+    settled = [
+        (applied, Outcome.APPLIED, None),
+        (duplicate, Outcome.DUPLICATE, None),
+        (early, Outcome.EARLY, None),
+        (invalid, Outcome.INVALID, "bad"),
+    ]
+    await consumer._settle(settled)
+    # A stop cancelled the first call after some of it: the last call settles the rest only.
+    await consumer._settle(settled)
+    assert nc.written[0] == (
+        b"PUB $JS.ACK.S.test-loop.1.1.1.0.0  0\r\n\r\nPUB $JS.ACK.S.test-loop.1.2.2.0.0  0\r\n\r\n"
+    )
+    assert [w.split(b" ")[2] for w in nc.written[1:]] == [b"-NAK", b"+TERM"]
+    assert len(nc.written) == 3
+    assert all(m._ackd for m in (applied, duplicate, early, invalid))
