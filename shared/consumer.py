@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -1322,7 +1323,7 @@ class Consumer:
             self._on_sync_failed()
             raise
         unsynced = self._unsynced
-        await self._settle([unsynced[i] for i in range(count)])
+        await self._settle(list(itertools.islice(unsynced, count)))
         for _ in range(count):
             unsynced.popleft()
 

@@ -187,11 +187,6 @@ class JetStreamPublisher:
             body,
         )
 
-    def ready(self, size: int) -> None:
-        """Raise what `publish` raises when `size` bytes of commands cannot be sent now: a
-        closed or draining connection, or, while reconnecting, a full (or no) buffer."""
-        _ready(self.nc, size)
-
     async def send(self, commands: Sequence[bytes]) -> None:
         """Hand whole commands to the connection as `publish` hands each of its own: into the
         buffer (flushed at once past its limit), then a nudge to the flusher task."""
@@ -199,6 +194,8 @@ class JetStreamPublisher:
 
 
 def _ready(nc: Client, size: int) -> None:
+    """Raise what `publish` raises when `size` bytes of commands cannot be sent now: a closed
+    or draining connection, or, while reconnecting, a full (or no) buffer."""
     if nc.is_closed:
         raise nats_errors.ConnectionClosedError
     if nc.is_draining_pubs:
@@ -210,6 +207,7 @@ def _ready(nc: Client, size: int) -> None:
 
 
 async def _send(nc: Client, commands: Sequence[bytes]) -> None:
+    """Hand whole commands to the connection as `publish` hands each of its own."""
     data = b"".join(commands)
     _ready(nc, len(data))
     nc.stats["out_msgs"] += len(commands)
