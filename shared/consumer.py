@@ -264,7 +264,8 @@ class Projector(Protocol):
         ...
 
     def load(self, tx: Tx) -> None:
-        """Read the view at start-up (for projectors that keep it in memory too)."""
+        """Read from the store what it keeps in memory, replacing what it held: at start-up,
+        and again after the store failed under a batch (whose commit may have happened)."""
         ...
 
     def apply(self, tx: Tx, event: Received) -> None:
@@ -351,16 +352,27 @@ class Inbox:
         # process applies a consumer's events (one process per service), so these stay those
         # of the store, and a batch of known aggregates needs no read before its writes.
         self._known: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # Set when the store failed under a batch. Its commit may have happened all the same
+        # (PostgreSQL committed, and the answer was lost with the connection): then what is
+        # kept in memory lags the store, and the batch, delivered again, would be applied a
+        # second time on stale states. So it is all read again before the next batch.
+        self._stale = False
 
     def setup(self) -> None:
         self.db.create([*INBOX_TABLES, *self.projector.tables()])
         with self.db.transaction(commit=False) as tx:
-            rows = tx.execute(
-                "SELECT source, position FROM {t}inbox_positions WHERE consumer = ?",
-                (self.consumer,),
-            ).fetchall()
-            self.positions = {r["source"]: int(r["position"]) for r in rows}
-            self.projector.load(tx)
+            self._load(tx)
+
+    def _load(self, tx: Tx) -> None:
+        """Read what is kept in memory from the store: the positions, the projector's view;
+        the versions are read as batches need them."""
+        rows = tx.execute(
+            "SELECT source, position FROM {t}inbox_positions WHERE consumer = ?",
+            (self.consumer,),
+        ).fetchall()
+        self.positions = {r["source"]: int(r["position"]) for r in rows}
+        self._known.clear()
+        self.projector.load(tx)
 
     def process(self, events: Sequence[Received]) -> tuple[list[Outcome], dict[int, str]]:
         """Apply a batch in one transaction. Returns an outcome per event (in the order
@@ -391,6 +403,8 @@ class Inbox:
             with (
                 self.db.batch(synced=synced) if small else self.db.transaction(synced=synced)
             ) as tx:
+                if self._stale:
+                    self._load(tx)
                 versions = self._versions(tx, [events[i] for i in order])
                 positions: dict[str, int] = {}
                 counts: dict[str, int] = {}
@@ -433,9 +447,14 @@ class Inbox:
                     tx.execute(
                         UPSERT_INBOX_POSITION, (self.consumer, source, position, counts[source])
                     )
+        except _Poison:
+            self.projector.rolled_back()  # rolled back before its commit: nothing is stale
+            raise
         except BaseException:
             self.projector.rolled_back()
+            self._stale = True
             raise
+        self._stale = False
         self.projector.committed()
         cache = self._known
         for key, version in applied.items():

@@ -208,6 +208,8 @@ class Views:
     def load(self, tx: Tx) -> None:
         row = tx.execute(f"SELECT MAX(pos) AS pos FROM {self.t.audit}").fetchone()
         self.pos = self._committed_pos = int(row["pos"] or 0)
+        self._recent.clear()  # read again from the store as they are needed
+        self._forget()
 
     def flush(self, tx: Tx) -> None:
         tx.upsert(

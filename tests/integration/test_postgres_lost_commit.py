@@ -1,8 +1,10 @@
 """A COMMIT whose answer is lost: PostgreSQL committed, the connection broke before the client
 heard so. The store retries the insert (as the library does); the retry must recognise its own
 events rather than take them for another writer's, or the writer would run the command again
-and record it twice. A real PostgreSQL behind a proxy that cuts the connection right after the
-server's "COMMIT" answer, before the client reads it."""
+and record it twice. A consumer's batch is handed back and delivered again; the inbox must
+then find it applied, neither applying it twice on the states it keeps in memory nor getting
+stuck on the rows it wrote. A real PostgreSQL behind a proxy that cuts the connection right
+after the server's "COMMIT" answer, before the client reads it."""
 
 from __future__ import annotations
 
@@ -15,16 +17,22 @@ from urllib.parse import urlparse
 from uuid import UUID
 
 import pytest
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import PersistenceError, StoredEvent
 
 from services.goals import application as uc
 from services.goals.application import GoalsApplication
 from services.goals.domain import Cycle, KeyResult
 from services.goals.main import GoalsSettings
+from services.projections.main import ProjectionsApplication, ProjectionsSettings
+from services.projections.views import Views
+from shared.consumer import Inbox, Outcome
 from shared.domain import CommandContext, command_context
+from shared.sql import Database
 from shared.store import PostgresStoreRecorder, store_env
 from shared.writer import CommandWriter
+from tests.integration.test_views_batches import KR, PROGRESS, _checked_in, _opened, _views
 from tests.integration.test_writer import setup_key_result
+from tests.support import SECRET
 from tests.system import store_for
 
 pytestmark = pytest.mark.postgres
@@ -192,3 +200,41 @@ def test_only_these_very_events_count_as_committed(app: GoalsApplication) -> Non
     assert recorder._ids_if_committed(other) is None
     missing = [StoredEvent(s.originator_id, 99, s.topic, s.state) for s in stored]
     assert recorder._ids_if_committed(missing) is None
+
+
+@pytest.fixture
+def views_app(
+    proxy: tuple[CommitAnswerCutter, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ProjectionsApplication]:
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    settings = ProjectionsSettings(jwt_secret=SECRET, **proxy[1])
+    application = ProjectionsApplication(env=store_env(settings))
+    yield application
+    application.close()
+
+
+def test_a_views_batch_whose_commit_answer_was_lost_is_found_applied_when_it_comes_again(
+    views_app: ProjectionsApplication, proxy: tuple[CommitAnswerCutter, dict[str, Any]]
+) -> None:
+    cutter = proxy[0]
+    inbox = Inbox(Database(views_app), "views", Views())
+    inbox.setup()
+    first = [_opened(KR, PROGRESS), _checked_in(KR, 1, 10.0, 2, PROGRESS)]
+    assert inbox.process(first)[0] == [Outcome.APPLIED] * 2
+    batch = [_checked_in(KR, 2, 20.0, 3, PROGRESS), _checked_in(KR, 3, 30.0, 4, PROGRESS)]
+
+    cutter.armed.set()
+    with pytest.raises(PersistenceError):
+        inbox.process(batch)
+    assert cutter.cut == 1, "the proxy cut the connection after the COMMIT"
+
+    # Delivered again: it was committed, so it is recognised, not applied a second time
+    # (which failed on the history's and the audit's keys, again at every delivery).
+    assert inbox.process(batch)[0] == [Outcome.DUPLICATE] * 2
+    # What comes next applies on the states the batch left, not on those held before it.
+    assert inbox.process([_checked_in(KR, 4, 40.0, 5, PROGRESS)])[0] == [Outcome.APPLIED]
+    views = _views(views_app)
+    assert views["progress"]["check_in_count"] == 4
+    assert views["progress"]["current"] == 40.0
+    assert views["history"] == 5  # opened and four check-ins, each once
+    assert views["audit"] == [1, 2, 3, 4, 5]
