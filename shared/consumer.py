@@ -66,6 +66,7 @@ from shared.sql import Database, Tx
 from shared.store import (
     INBOX_TABLES,
     UPSERT_INBOX_POSITION,
+    UPSERT_INBOX_SYNC,
     UPSERT_INBOX_VERSION,
     InboxRecord,
     ServiceApplication,
@@ -324,6 +325,16 @@ class Projectors:
             p.rolled_back()
 
 
+class LostCommits(PersistenceError):
+    """Batches this process committed are not in the store: a PostgreSQL server that crashed
+    before flushing them. What it keeps in memory is ahead of the store; see `Inbox.sync`."""
+
+
+class SyncUnconfirmed(PersistenceError):
+    """A PostgreSQL sync that did not complete (the server went away): nothing is known lost,
+    and nothing is acknowledged until a later sync confirms the commits."""
+
+
 class _TooMany(Exception):
     """More stream messages to read back than `RECOVER_AT_MOST`."""
 
@@ -342,12 +353,15 @@ class Inbox:
         self.db = db
         self.consumer = consumer
         self.projector = projector
-        # On SQLite a batch commits without waiting for the disk (the reads see it at once);
-        # the consumer acknowledges its messages only after `sync`, shared by the batches of
-        # a short while: one fsync for many commits. Lost by a power cut, unacknowledged
-        # messages are delivered again.
+        # A batch commits without waiting for the disk (the reads see it at once); the
+        # consumer acknowledges its messages only after `sync`, shared by the batches of a
+        # short while: one flush for many commits. Lost by a power cut (or a PostgreSQL
+        # server's crash), unacknowledged messages are delivered again.
         self.defers_sync = db.defers_sync
         self.positions: dict[str, int] = {}
+        # Events this consumer's committed batches applied, as the store counts them
+        # (`inbox_positions.applied`): what a sync must find there.
+        self.applied = 0
         # The committed version per aggregate, the most recently applied first out: one
         # process applies a consumer's events (one process per service), so these stay those
         # of the store, and a batch of known aggregates needs no read before its writes.
@@ -365,12 +379,17 @@ class Inbox:
 
     def _load(self, tx: Tx) -> None:
         """Read what is kept in memory from the store: the positions, the projector's view;
-        the versions are read as batches need them."""
+        the versions are read as batches need them. Read again after a failure, it first
+        checks that no batch committed before it was lost."""
         rows = tx.execute(
-            "SELECT source, position FROM {t}inbox_positions WHERE consumer = ?",
+            "SELECT source, position, applied FROM {t}inbox_positions WHERE consumer = ?",
             (self.consumer,),
         ).fetchall()
+        applied = sum(int(r["applied"]) for r in rows)
+        if self._stale:
+            self._check(applied)
         self.positions = {r["source"]: int(r["position"]) for r in rows}
+        self.applied = applied
         self._known.clear()
         self.projector.load(tx)
 
@@ -455,6 +474,7 @@ class Inbox:
             self._stale = True
             raise
         self._stale = False
+        self.applied += sum(counts.values())
         self.projector.committed()
         cache = self._known
         for key, version in applied.items():
@@ -467,8 +487,41 @@ class Inbox:
         return outcomes
 
     def sync(self) -> None:
-        """Make the batches committed so far durable (see `defers_sync`)."""
-        self.db.sync()
+        """Make the batches committed so far durable (see `defers_sync`).
+
+        On PostgreSQL, a commit that waits for the server's flush (and so for every commit
+        before it) records what the store counts as applied, and that count must be what
+        this process committed: a server that crashed, or restarted, before flushing loses
+        its latest commits, while the connection pool quietly connects again. Short of it,
+        the process holds for applied what the store does not have: `LostCommits`, and
+        nothing is acknowledged (the consumer stops, as for a failed fsync).
+
+        A sync that could not be done there raises `SyncUnconfirmed`: the next one checks
+        the same commits."""
+        if not self.db.postgres:
+            self.db.sync()
+            return
+        try:
+            with self.db.transaction() as tx:
+                row = tx.execute(
+                    "SELECT COALESCE(SUM(applied), 0) AS n FROM {t}inbox_positions"
+                    " WHERE consumer = ?",
+                    (self.consumer,),
+                ).fetchone()
+                found = int(row["n"])
+                tx.execute(UPSERT_INBOX_SYNC, (self.consumer, found))
+        except PersistenceError as e:
+            raise SyncUnconfirmed(str(e)) from e
+        self._check(found)
+
+    def _check(self, found: int) -> None:
+        """`found` events applied by this consumer in the store, against what it committed.
+        More is possible (a commit whose answer was lost did happen); fewer is not."""
+        if found < self.applied:
+            raise LostCommits(
+                f"{self.consumer}: the store holds {found} applied events, this process"
+                f" committed {self.applied}"
+            )
 
     def _versions(self, tx: Tx, events: Iterable[Received]) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = {}
@@ -858,6 +911,8 @@ class Consumer:
             except Exception as e:
                 if self._stopping:
                     return
+                if isinstance(e, LostCommits) and self._sync_failed is None:
+                    self._stop_for_good(e)  # found by a batch, after a store failure
                 if self._sync_failed is not None:
                     self.last_error = f"the store's sync failed: {self._sync_failed}"
                     self.caught_up = False
@@ -1261,9 +1316,11 @@ class Consumer:
         if events:
             try:
                 outcomes, invalid = await self._worker.run(self.inbox.process, events)
-            except PersistenceError:
+            except PersistenceError as e:
                 # Nothing was applied: have the batch come again soon, then back off.
                 await self._give_back(batch)
+                if isinstance(e, LostCommits):
+                    self._stop_for_good(e)  # before anything else is acknowledged
                 raise
             # Committed. What arrived early is owed until it comes again; what was settled is
             # owed no more. Then release the readers waiting for these positions, before the acks.
@@ -1327,24 +1384,31 @@ class Consumer:
         # next call (the consumer's last, as it stops), which settles those still unsettled.
         try:
             await self._worker.run(self.inbox.sync)
+        except SyncUnconfirmed:
+            raise  # nothing is known lost: the next sync checks the same commits
         except (OSError, PersistenceError) as e:
-            self._sync_failed = e
-            CONSUMER_FAILURES.labels(self.service, self.name).inc()
-            log.critical(
-                "consumer %s: the store could not make its commits durable (%s: %s); %d"
-                " messages stay unacknowledged, and the process stops so that one started"
-                " afresh from the store applies them when they are delivered again",
-                self.durable,
-                type(e).__name__,
-                e,
-                count,
-            )
-            self._on_sync_failed()
+            self._stop_for_good(e)
             raise
         unsynced = self._unsynced
         await self._settle(list(itertools.islice(unsynced, count)))
         for _ in range(count):
             unsynced.popleft()
+
+    def _stop_for_good(self, e: BaseException) -> None:
+        """The store may not have what this process committed (a failed fsync, commits lost):
+        nothing more is applied or acknowledged, and the process is asked to stop."""
+        self._sync_failed = e
+        CONSUMER_FAILURES.labels(self.service, self.name).inc()
+        log.critical(
+            "consumer %s: the store could not make its commits durable (%s: %s); %d"
+            " messages stay unacknowledged, and the process stops so that one started"
+            " afresh from the store applies them when they are delivered again",
+            self.durable,
+            type(e).__name__,
+            e,
+            len(self._unsynced),
+        )
+        self._on_sync_failed()
 
     async def _settle(self, settled: Sequence[tuple[Msg, Outcome, str | None]]) -> None:
         """Acknowledge the messages applied or recognised as duplicates, together; hand back

@@ -157,9 +157,10 @@ class ScriptTx(Tx):
     transaction sees what was committed when it started anyway. Values are bound by psycopg
     (`ClientCursor.mogrify`), which quotes them for the connection's settings."""
 
-    def __init__(self, db: Database, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, db: Database, conn: psycopg.Connection[Any], *, synced: bool = True) -> None:
         super().__init__(db, conn.cursor())
         self._client = psycopg.ClientCursor(conn)
+        self._begin = ["BEGIN"] if synced else ["BEGIN", UNSYNCED_COMMIT]
         self._held: list[str] = []
         self._open = False  # BEGIN was sent
         self._fetchable = False  # the last statement was a read, sent
@@ -207,7 +208,7 @@ class ScriptTx(Tx):
         self.insert(f"INSERT INTO {table}", rows)
 
     def _send(self, *, commit: bool = False) -> None:
-        script = self._held if self._open else ["BEGIN", *self._held]
+        script = self._held if self._open else [*self._begin, *self._held]
         if commit:
             if not self._open and not self._held:
                 return  # nothing was written
@@ -224,6 +225,12 @@ class ScriptTx(Tx):
         self._send(commit=True)
 
 
+# A PostgreSQL transaction whose commit returns before the server has flushed its log: lost
+# if the server crashes before it does (within `wal_writer_delay`, 200 ms by default), never
+# by the client's own crash; for this transaction only.
+UNSYNCED_COMMIT = "SET LOCAL synchronous_commit TO OFF"
+
+
 def _reads(sql: str) -> bool:
     return sql.lstrip()[:6].upper() == "SELECT"
 
@@ -233,7 +240,7 @@ class Database:
         datastore = app.recorder.datastore  # type: ignore[attr-defined]
         self._datastore = datastore
         self.postgres = isinstance(datastore, PostgresDatastore)
-        self._deferrable = isinstance(datastore, SQLiteStore)
+        self._deferrable = self.postgres or isinstance(datastore, SQLiteStore)
         self._schema: str | None = datastore.schema if self.postgres else None
         self._cache: dict[str, str] = {}
 
@@ -246,22 +253,32 @@ class Database:
 
     @property
     def defers_sync(self) -> bool:
-        """Whether `synced=False` commits return before the disk has them (SQLite), so that
-        what depends on their durability waits for `sync`. PostgreSQL's commits are durable."""
+        """Whether `synced=False` commits return before the disk has them, so that what
+        depends on their durability waits for `sync` (SQLite's `synchronous=NORMAL`,
+        PostgreSQL's `synchronous_commit = off`, for those transactions only)."""
         return self._deferrable
 
     def sync(self) -> None:
-        """Make every transaction committed so far durable (blocking: a worker thread's)."""
-        if self._deferrable:
+        """Make every transaction committed so far durable (blocking: a worker thread's).
+        SQLite: an fsync of the write-ahead log. PostgreSQL: a commit that waits for the
+        server's flush of its log, and so for every commit before it, once it writes
+        something: `Inbox.sync` writes its record (a read alone would not wait)."""
+        if self._deferrable and not self.postgres:
             self._datastore.sync()
 
     @contextmanager
     def transaction(self, *, commit: bool = True, synced: bool = True) -> Iterator[Tx]:
         """One transaction; on SQLite, writers are serialised by the store's pool.
-        `synced=False` (SQLite): the commit does not wait for the disk; see `sync`."""
+        `synced=False`: the commit does not wait for the disk; see `sync`."""
         if synced or not self._deferrable:
             with self._datastore.transaction(commit=commit) as cursor:
                 yield Tx(self, cursor)
+            return
+        if self.postgres:
+            with self._datastore.transaction(commit=commit) as cursor:
+                tx = Tx(self, cursor)
+                tx.execute(UNSYNCED_COMMIT)
+                yield tx
             return
         with self._datastore.transaction(commit=commit, synced=False) as cursor:
             yield Tx(self, cursor)
@@ -275,7 +292,7 @@ class Database:
                 yield tx
             return
         with self._datastore.get_connection() as conn:
-            tx = ScriptTx(self, conn)
+            tx = ScriptTx(self, conn, synced=synced)
             try:
                 yield tx
                 tx.commit()

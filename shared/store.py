@@ -176,10 +176,17 @@ INBOX_TABLES = [
     " PRIMARY KEY (consumer, source, aggregate_id))",
     "CREATE TABLE IF NOT EXISTS {t}inbox_positions (consumer TEXT NOT NULL, source TEXT NOT NULL,"
     " position BIGINT NOT NULL, applied BIGINT NOT NULL, PRIMARY KEY (consumer, source))",
+    # What a consumer's last sync found applied (PostgreSQL): see `Inbox.sync`.
+    "CREATE TABLE IF NOT EXISTS {t}inbox_syncs (consumer TEXT PRIMARY KEY,"
+    " applied BIGINT NOT NULL)",
 ]
 UPSERT_INBOX_VERSION = (
     "INSERT INTO {t}inbox_versions VALUES (?, ?, ?, ?) ON CONFLICT "
     "(consumer, source, aggregate_id) DO UPDATE SET version = excluded.version"
+)
+UPSERT_INBOX_SYNC = (
+    "INSERT INTO {t}inbox_syncs VALUES (?, ?) ON CONFLICT (consumer) "
+    "DO UPDATE SET applied = excluded.applied"
 )
 UPSERT_INBOX_POSITION = (
     "INSERT INTO {t}inbox_positions VALUES (?, ?, ?, ?) ON CONFLICT (consumer, source) "

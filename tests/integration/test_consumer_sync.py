@@ -1,11 +1,14 @@
-"""A consumer's batches, on SQLite, commit without waiting for the disk; their messages are
-acknowledged only once a sync of the store's write-ahead log has made them durable, one
-fsync for the batches of `sync_every` seconds (`Inbox.defers_sync`, `Consumer._unsynced`).
-PostgreSQL's commits are durable: its messages are acknowledged as before."""
+"""A consumer's batches commit without waiting for the disk; their messages are acknowledged
+only once a sync has made them durable, one for the batches of `sync_every` seconds
+(`Inbox.defers_sync`, `Consumer._unsynced`). On SQLite the sync is an fsync of the
+write-ahead log; on PostgreSQL (whose batches commit with `synchronous_commit` off) a commit
+that waits for the server's flush, and that checks that the store still holds every batch
+this process committed, which a server that crashed before flushing would not."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -20,11 +23,20 @@ from nats.aio.msg import Msg
 
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
 from shared import consumer as consumer_module
-from shared.consumer import Consumer, Inbox, Received
+from shared.consumer import (
+    Consumer,
+    Inbox,
+    LostCommits,
+    Outcome,
+    Received,
+    SyncUnconfirmed,
+    parse,
+)
 from shared.sql import Database
 from shared.store import store_env
 from tests.integration.consumers import SOURCE, goals_events, publish, running
 from tests.support import SECRET, NatsServer
+from tests.system import STORES
 
 
 async def _unacknowledged(url: str, durable: str) -> int:
@@ -33,6 +45,38 @@ async def _unacknowledged(url: str, durable: str) -> int:
         return (await nc.jetstream().consumer_info("OKR", durable)).num_ack_pending
     finally:
         await nc.close()
+
+
+def _database(store: dict[str, Any]) -> tuple[ProjectionsApplication, Database]:
+    app = ProjectionsApplication(env=store_env(ProjectionsSettings(jwt_secret=SECRET, **store)))
+    return app, Database(app)
+
+
+def _recorded_sync(store: dict[str, Any], consumer: str) -> int:
+    """What the consumer's last sync found applied (PostgreSQL)."""
+    app, db = _database(store)
+    try:
+        with db.transaction(commit=False) as tx:
+            row = tx.execute(
+                "SELECT applied FROM {t}inbox_syncs WHERE consumer = ?", (consumer,)
+            ).fetchone()
+        return int(row["applied"])
+    finally:
+        app.close()
+
+
+def _lose_one(store: dict[str, Any], consumer: str) -> None:
+    """As if the server had crashed before flushing the consumer's last commit: the store
+    counts one applied event fewer than the process committed."""
+    app, db = _database(store)
+    try:
+        with db.transaction() as tx:
+            tx.execute(
+                "UPDATE {t}inbox_positions SET applied = applied - 1 WHERE consumer = ?",
+                (consumer,),
+            )
+    finally:
+        app.close()
 
 
 class _Trace:
@@ -87,10 +131,10 @@ async def test_a_message_is_acknowledged_only_once_its_batch_is_durable(
     assert trace.committed == 200
     assert trace.acked == 200
     assert await _unacknowledged(nats_server.url, "projections-sync") == 0
-    if postgres:
-        assert trace.syncs == 0  # durable commits: nothing to sync before acknowledging
-        return
     assert trace.early_acks == 0
+    if postgres:
+        # The syncs found every event this process committed, and recorded so.
+        assert await asyncio.to_thread(_recorded_sync, store, "sync") == 200
     if sync_every == 0:
         assert trace.syncs >= trace.batches  # one per batch
     if sync_every == 3600:
@@ -100,12 +144,11 @@ async def test_a_message_is_acknowledged_only_once_its_batch_is_durable(
 
 
 async def test_acknowledgements_wait_for_the_sync_while_reads_see_the_batch_at_once(
-    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A long poll, a long sync interval, no look at the acknowledgements: nothing makes the
     # consumer sync until it stops.
     monkeypatch.setattr(consumer_module, "DOUBTS_CHECKED_EVERY_S", 3600)
-    store = {"data_dir": tmp_path / "data"}
     trace = _Trace(monkeypatch)
     bodies = goals_events(30)
     await publish(nats_server.url, bodies)
@@ -162,7 +205,205 @@ async def test_a_failed_sync_leaves_everything_unacknowledged_and_stops_the_proc
     assert await _unacknowledged(nats_server.url, "projections-failing") >= 10
 
 
+POSTGRES = STORES[1:]
+
+
+@pytest.mark.parametrize("store", POSTGRES, indirect=True)
+async def test_commits_a_postgresql_server_lost_leave_everything_unacknowledged_and_stop_it(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "DOUBTS_CHECKED_EVERY_S", 3600)
+    trace = _Trace(monkeypatch)
+    stops: list[bool] = []
+    await publish(nats_server.url, goals_events(30))
+    async with running(
+        store,
+        nats_server.url,
+        name="lost",
+        sync_every=3600,
+        poll_interval=3600,
+        on_sync_failed=lambda: stops.append(True),
+    ) as run:
+        assert await run.consumer.wait_for(SOURCE, 30, 10)
+        assert trace.syncs == 0
+        await asyncio.to_thread(_lose_one, store, "lost")
+    # The sync as it stopped found one applied event missing: nothing acknowledged.
+    assert stops == [True]
+    assert trace.acked == 0
+    assert await _unacknowledged(nats_server.url, "projections-lost") == 30
+
+
+async def test_commits_lost_found_by_a_batch_leave_the_rest_unacknowledged_and_stop_it(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch that reads the inbox's memory again after a store failure finds commits lost
+    # (see the inbox's own test below): the consumer stops as for a failed sync.
+    monkeypatch.setattr(consumer_module, "DOUBTS_CHECKED_EVERY_S", 3600)
+    trace = _Trace(monkeypatch)
+    process = Inbox.process
+    calls: list[int] = []
+
+    def loses_at_the_second(inbox: Inbox, events: list[Received]) -> Any:
+        calls.append(len(events))
+        if len(calls) == 2:
+            raise LostCommits("the store holds 9 applied events, this process committed 10")
+        return process(inbox, events)
+
+    monkeypatch.setattr(Inbox, "process", loses_at_the_second)
+    stops: list[bool] = []
+    await publish(nats_server.url, goals_events(30))
+    async with running(
+        store,
+        nats_server.url,
+        name="reread",
+        sync_every=3600,
+        poll_interval=3600,
+        on_sync_failed=lambda: stops.append(True),
+    ) as run:
+        deadline = time.monotonic() + 10
+        while not stops:
+            assert time.monotonic() < deadline, "the lost commits went unnoticed"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert "sync failed" in (run.consumer.last_error or "")
+        assert len(calls) == 2  # nothing applied after
+    assert trace.acked == 0
+    assert await _unacknowledged(nats_server.url, "projections-reread") == 30
+
+
+@pytest.mark.parametrize("store", POSTGRES, indirect=True)
+async def test_a_postgresql_sync_that_could_not_be_done_is_done_again_later(
+    store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server went away during a sync: nothing is known lost, so the process goes on and
+    # acknowledges once a later sync confirms the commits.
+    trace = _Trace(monkeypatch)
+    sync = Inbox.sync
+    failures: list[bool] = []
+
+    def fails_once(inbox: Inbox) -> None:
+        if not failures:
+            failures.append(True)
+            raise SyncUnconfirmed("the server went away")
+        sync(inbox)
+
+    monkeypatch.setattr(Inbox, "sync", fails_once)
+    stops: list[bool] = []
+    await publish(nats_server.url, goals_events(30))
+    async with running(
+        store, nats_server.url, name="later", on_sync_failed=lambda: stops.append(True)
+    ) as run:
+        deadline = time.monotonic() + 10
+        while await _unacknowledged(nats_server.url, "projections-later") or trace.acked < 30:
+            assert time.monotonic() < deadline, "never acknowledged"
+            await asyncio.sleep(0.05)
+        assert run.consumer.positions[SOURCE] == 30
+    assert failures == [True]
+    assert stops == []
+    assert trace.early_acks == 0
+
+
 # --- the store's part ---------------------------------------------------------------------
+
+
+def _received(count: int) -> list[Received]:
+    return [
+        parse(b["type"].rsplit(".", 1)[0], json.dumps(b).encode(), f"okr/goals:{b['sequence']}")
+        for b in goals_events(count)
+    ]
+
+
+@pytest.mark.parametrize("store", POSTGRES, indirect=True)
+def test_a_postgresql_sync_checks_that_the_store_holds_what_was_committed(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, db = _database(store)
+    try:
+        from tests.integration.consumers import FailsOnce
+
+        inbox = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
+        inbox.setup()
+        inbox.process(_received(5))
+        assert inbox.applied == 5
+        inbox.sync()
+        assert _recorded_sync(store, "checked") == 5
+        # A process started afresh counts from what the store holds.
+        again = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
+        again.setup()
+        assert again.applied == 5
+
+        _lose_one(store, "checked")
+        with pytest.raises(LostCommits, match="holds 4 applied events, this process committed 5"):
+            inbox.sync()
+
+        # A sync the store fails under is unconfirmed, not a loss.
+        def unreachable(*args: Any, **kwargs: Any) -> Any:
+            raise OperationalError("connection refused")
+
+        monkeypatch.setattr(db, "transaction", unreachable)
+        with pytest.raises(SyncUnconfirmed):
+            again.sync()
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("store", POSTGRES, indirect=True)
+def test_commits_lost_are_found_when_the_memory_is_read_again_after_a_store_failure(
+    store: dict[str, Any],
+) -> None:
+    # Read again after a failure, the memory would otherwise take the store's smaller count
+    # for its own, and the lost batch, unacknowledged, would then be acknowledged unapplied.
+    app, db = _database(store)
+    try:
+        from tests.integration.consumers import FailsOnce
+
+        inbox = Inbox(db, "reread", FailsOnce(True, fail_from=8))
+        inbox.setup()
+        events = _received(10)
+        inbox.process(events[:5])
+        with pytest.raises(OperationalError):  # the store fails under the next batch
+            inbox.process(events[5:])
+        _lose_one(store, "reread")
+        with pytest.raises(LostCommits):
+            inbox.process(events[5:])
+        # Without a loss, the batch after a failure applies as usual.
+        fresh = Inbox(db, "fresh", FailsOnce(True, fail_from=8))
+        fresh.setup()
+        others = _received(10)
+        fresh.process(others[:5])
+        with pytest.raises(OperationalError):
+            fresh.process(others[5:])
+        assert fresh.process(others[5:])[0] == [Outcome.APPLIED] * 5
+        assert fresh.applied == 10
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("store", POSTGRES, indirect=True)
+def test_a_postgresql_batch_commits_without_waiting_for_the_flush_for_itself_only(
+    store: dict[str, Any],
+) -> None:
+    app, db = _database(store)
+    setting = "SELECT current_setting('synchronous_commit') AS v"
+    insert = "INSERT INTO {t}t (n) VALUES (1)"
+    try:
+        db.create(["CREATE TABLE IF NOT EXISTS {t}t (n INTEGER)"])
+        assert db.defers_sync
+        with db.batch(synced=False) as tx:
+            tx.execute(insert)  # a batch's reads join its transaction once it has written
+            assert tx.execute(setting).fetchone()["v"] == "off"
+        with db.transaction(synced=False) as tx:
+            assert tx.execute(setting).fetchone()["v"] == "off"
+        for _ in range(3):  # whichever connection of the pool comes next
+            with db.batch() as tx:
+                tx.execute(insert)
+                assert tx.execute(setting).fetchone()["v"] == "on"
+            with db.transaction() as tx:
+                assert tx.execute(setting).fetchone()["v"] == "on"
+        with db.transaction(commit=False) as tx:
+            assert tx.execute("SELECT COUNT(*) AS n FROM {t}t").fetchone()["n"] == 4
+    finally:
+        app.close()
 
 
 @pytest.fixture
