@@ -1329,6 +1329,11 @@ class Consumer:
                     self._owe(event, msg)
                 elif self._owed:
                     self._paid(event)
+            # Counted before anything awaits: a reader released below sees the counts too.
+            CONSUMER_APPLIED.labels(self.service, self.name).inc(outcomes.count(Outcome.APPLIED))
+            CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
+                outcomes.count(Outcome.DUPLICATE)
+            )
             self._released.update(self.inbox.positions)
             async with self._advanced:
                 self._advanced.notify_all()
@@ -1348,11 +1353,6 @@ class Consumer:
                         for i, (msg, outcome) in enumerate(zip(carriers, outcomes, strict=True))
                     ]
                 )
-            applied = outcomes.count(Outcome.APPLIED)
-            CONSUMER_APPLIED.labels(self.service, self.name).inc(applied)
-            CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
-                outcomes.count(Outcome.DUPLICATE)
-            )
         for event in events:
             self.last_event_time[event.source] = max(
                 self.last_event_time.get(event.source, event.time), event.time

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=256, ge=1, le=10_000)
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
     consumer_poll_interval_s: float = Field(default=1.0, gt=0)
-    # On SQLite a consumer's batches commit without waiting for the disk, and their messages
-    # are acknowledged after one fsync for all the batches of this long (0: after each).
+    # A consumer's batches commit without waiting for the disk, and their messages are
+    # acknowledged after one sync for all the batches of this long (0: after each).
     consumer_sync_every_s: float = Field(default=0.05, ge=0, le=5)
 
     # How long a statement waits for a free PostgreSQL connection. In an outage the library
