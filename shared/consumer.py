@@ -491,10 +491,11 @@ class Inbox:
 
         On PostgreSQL, a commit that waits for the server's flush (and so for every commit
         before it) records what the store counts as applied, and that count must be what
-        this process committed: a server that crashed, or restarted, before flushing loses
-        its latest commits, while the connection pool quietly connects again. Short of it,
-        the process holds for applied what the store does not have: `LostCommits`, and
-        nothing is acknowledged (the consumer stops, as for a failed fsync).
+        this process committed: a server that crashed (or was stopped in immediate mode)
+        before flushing loses its latest commits, while the connection pool quietly connects
+        again. Short of it, the process holds for applied what the store does not have:
+        `LostCommits`, and nothing is acknowledged (the consumer stops, as for a failed
+        fsync).
 
         A sync that could not be done there raises `SyncUnconfirmed`: the next one checks
         the same commits."""

@@ -259,10 +259,10 @@ class Database:
         return self._deferrable
 
     def sync(self) -> None:
-        """Make every transaction committed so far durable (blocking: a worker thread's).
-        SQLite: an fsync of the write-ahead log. PostgreSQL: a commit that waits for the
-        server's flush of its log, and so for every commit before it, once it writes
-        something: `Inbox.sync` writes its record (a read alone would not wait)."""
+        """SQLite: make every transaction committed so far durable, an fsync of the
+        write-ahead log (blocking: a worker thread's). PostgreSQL: nothing here, since only a
+        commit that writes waits for the server's flush (and so for every commit before it);
+        the consumers' sync is such a commit of their own (`Inbox.sync`)."""
         if self._deferrable and not self.postgres:
             self._datastore.sync()
 

@@ -201,5 +201,18 @@ class ProcessSystem:
             self.services[target].start()
             self.services[target].wait_ready()
 
+    def restart_exited(self) -> list[str]:
+        """Start again each service whose process exited on its own, as a supervisor would
+        (a consumer that finds its store lost commits it made asks its process to stop); their
+        names."""
+        exited = [
+            name
+            for name, svc in self.services.items()
+            if svc.proc is not None and svc.proc.poll() is not None
+        ]
+        for name in exited:
+            self.restart(name)
+        return exited
+
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.tail()}" for s in self.services.values())

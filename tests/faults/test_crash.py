@@ -247,6 +247,7 @@ async def test_crash_matrix(store: str, tmp_path: Path) -> None:
         load.start(seed)
         targets = [*SERVICE_TARGETS, "nats"] + (["postgres"] if system.postgres else [])
         kills = []
+        exits: list[str] = []  # services that stopped themselves, started again
         for _ in range(ROUNDS):
             order = targets[:]
             if ROUNDS > 1:
@@ -259,9 +260,11 @@ async def test_crash_matrix(store: str, tmp_path: Path) -> None:
                 await asyncio.sleep(rng.uniform(0.0, 1.5))
                 await asyncio.to_thread(system.restart, target)
                 kills.append((target, round(time.monotonic() - t0, 2), answered))
+                exits += await asyncio.to_thread(system.restart_exited)
         await asyncio.sleep(2.0)
         await load.stop()
         elapsed = time.monotonic() - started
+        exits += await asyncio.to_thread(system.restart_exited)
         figures = await _verify(system, scenario, load.ledger)
     except BaseException:
         print(system.logs())
@@ -281,6 +284,7 @@ async def test_crash_matrix(store: str, tmp_path: Path) -> None:
         retries=ledger.retries,
         replayed=ledger.replayed,
         longest_wait_s=round(ledger.longest_wait_s, 1),
+        stopped_themselves=len(exits),
         seed=seed,
         **figures,
     )
