@@ -34,7 +34,7 @@ from shared.consumer import (
 )
 from shared.sql import Database
 from shared.store import store_env
-from tests.integration.consumers import SOURCE, goals_events, publish, running
+from tests.integration.consumers import SOURCE, FailsOnce, goals_events, publish, running
 from tests.support import SECRET, NatsServer
 from tests.system import STORES
 
@@ -319,8 +319,6 @@ def test_a_postgresql_sync_checks_that_the_store_holds_what_was_committed(
 ) -> None:
     app, db = _database(store)
     try:
-        from tests.integration.consumers import FailsOnce
-
         inbox = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
         inbox.setup()
         inbox.process(_received(5))
@@ -355,8 +353,6 @@ def test_commits_lost_are_found_when_the_memory_is_read_again_after_a_store_fail
     # for its own, and the lost batch, unacknowledged, would then be acknowledged unapplied.
     app, db = _database(store)
     try:
-        from tests.integration.consumers import FailsOnce
-
         inbox = Inbox(db, "reread", FailsOnce(True, fail_from=8))
         inbox.setup()
         events = _received(10)

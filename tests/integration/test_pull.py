@@ -84,7 +84,13 @@ async def test_a_limit_takes_fewer_and_leaves_the_rest_for_later(nc: Client) -> 
     pull = ContinuousPull(nc, "OKR", "puller", batch=16)
     await pull.start()
     try:
-        await asyncio.sleep(0.5)  # all ten have arrived
+        # All ten arrive first: the request `next` would make, then a wait for them (`next`
+        # returns as soon as one is there).
+        await pull._top_up()
+        deadline = time.monotonic() + 10
+        while len(pull._messages) < 10:
+            assert time.monotonic() < deadline, f"{len(pull._messages)} of 10 came"
+            await asyncio.sleep(0.01)
         first = await pull.next(1, limit=3)
         rest = await take(pull, 7)
         for msg in first:
