@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,14 @@ from shared.consumer import (
 )
 from shared.sql import Database
 from shared.store import store_env
-from tests.integration.consumers import SOURCE, FailsOnce, goals_events, publish, running
+from tests.integration.consumers import (
+    SOURCE,
+    FailsOnce,
+    Running,
+    goals_events,
+    publish,
+    running,
+)
 from tests.support import SECRET, NatsServer
 from tests.system import STORES
 
@@ -208,6 +216,21 @@ async def test_a_failed_sync_leaves_everything_unacknowledged_and_stops_the_proc
 POSTGRES = STORES[1:]
 
 
+def _syncing_at_stop(
+    store: dict[str, Any], url: str, name: str, stops: list[bool]
+) -> AbstractAsyncContextManager[Running]:
+    """A consumer that syncs only as it stops (long sync and poll intervals), recording in
+    `stops` the stop of its process that it asks for."""
+    return running(
+        store,
+        url,
+        name=name,
+        sync_every=3600,
+        poll_interval=3600,
+        on_sync_failed=lambda: stops.append(True),
+    )
+
+
 @pytest.mark.parametrize("store", POSTGRES, indirect=True)
 async def test_commits_a_postgresql_server_lost_leave_everything_unacknowledged_and_stop_it(
     store: dict[str, Any], nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
@@ -216,14 +239,7 @@ async def test_commits_a_postgresql_server_lost_leave_everything_unacknowledged_
     trace = _Trace(monkeypatch)
     stops: list[bool] = []
     await publish(nats_server.url, goals_events(30))
-    async with running(
-        store,
-        nats_server.url,
-        name="lost",
-        sync_every=3600,
-        poll_interval=3600,
-        on_sync_failed=lambda: stops.append(True),
-    ) as run:
+    async with _syncing_at_stop(store, nats_server.url, "lost", stops) as run:
         assert await run.consumer.wait_for(SOURCE, 30, 10)
         assert trace.syncs == 0
         await asyncio.to_thread(_lose_one, store, "lost")
@@ -252,14 +268,7 @@ async def test_commits_lost_found_by_a_batch_leave_the_rest_unacknowledged_and_s
     monkeypatch.setattr(Inbox, "process", loses_at_the_second)
     stops: list[bool] = []
     await publish(nats_server.url, goals_events(30))
-    async with running(
-        store,
-        nats_server.url,
-        name="reread",
-        sync_every=3600,
-        poll_interval=3600,
-        on_sync_failed=lambda: stops.append(True),
-    ) as run:
+    async with _syncing_at_stop(store, nats_server.url, "reread", stops) as run:
         deadline = time.monotonic() + 10
         while not stops:
             assert time.monotonic() < deadline, "the lost commits went unnoticed"
@@ -313,93 +322,91 @@ def _received(count: int) -> list[Received]:
     ]
 
 
+@pytest.fixture
+def postgres_db(store: dict[str, Any]) -> Iterator[Database]:
+    """The projections' store on PostgreSQL (the tests using it take `store` as POSTGRES)."""
+    app, db = _database(store)
+    yield db
+    app.close()
+
+
 @pytest.mark.parametrize("store", POSTGRES, indirect=True)
 def test_a_postgresql_sync_checks_that_the_store_holds_what_was_committed(
-    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    store: dict[str, Any], postgres_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app, db = _database(store)
-    try:
-        inbox = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
-        inbox.setup()
-        inbox.process(_received(5))
-        assert inbox.applied == 5
+    db = postgres_db
+    inbox = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
+    inbox.setup()
+    inbox.process(_received(5))
+    assert inbox.applied == 5
+    inbox.sync()
+    assert _recorded_sync(store, "checked") == 5
+    # A process started afresh counts from what the store holds.
+    again = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
+    again.setup()
+    assert again.applied == 5
+
+    _lose_one(store, "checked")
+    with pytest.raises(LostCommits, match="holds 4 applied events, this process committed 5"):
         inbox.sync()
-        assert _recorded_sync(store, "checked") == 5
-        # A process started afresh counts from what the store holds.
-        again = Inbox(db, "checked", FailsOnce(True, fail_from=10**9))
-        again.setup()
-        assert again.applied == 5
 
-        _lose_one(store, "checked")
-        with pytest.raises(LostCommits, match="holds 4 applied events, this process committed 5"):
-            inbox.sync()
+    # A sync the store fails under is unconfirmed, not a loss.
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection refused")
 
-        # A sync the store fails under is unconfirmed, not a loss.
-        def unreachable(*args: Any, **kwargs: Any) -> Any:
-            raise OperationalError("connection refused")
-
-        monkeypatch.setattr(db, "transaction", unreachable)
-        with pytest.raises(SyncUnconfirmed):
-            again.sync()
-    finally:
-        app.close()
+    monkeypatch.setattr(db, "transaction", unreachable)
+    with pytest.raises(SyncUnconfirmed):
+        again.sync()
 
 
 @pytest.mark.parametrize("store", POSTGRES, indirect=True)
 def test_commits_lost_are_found_when_the_memory_is_read_again_after_a_store_failure(
-    store: dict[str, Any],
+    store: dict[str, Any], postgres_db: Database
 ) -> None:
     # Read again after a failure, the memory would otherwise take the store's smaller count
     # for its own, and the lost batch, unacknowledged, would then be acknowledged unapplied.
-    app, db = _database(store)
-    try:
-        inbox = Inbox(db, "reread", FailsOnce(True, fail_from=8))
+    def failed_once(consumer: str) -> tuple[Inbox, list[Received]]:
+        """An inbox that applied five events, then failed under the next five."""
+        inbox = Inbox(postgres_db, consumer, FailsOnce(True, fail_from=8))
         inbox.setup()
         events = _received(10)
         inbox.process(events[:5])
         with pytest.raises(OperationalError):  # the store fails under the next batch
             inbox.process(events[5:])
-        _lose_one(store, "reread")
-        with pytest.raises(LostCommits):
-            inbox.process(events[5:])
-        # Without a loss, the batch after a failure applies as usual.
-        fresh = Inbox(db, "fresh", FailsOnce(True, fail_from=8))
-        fresh.setup()
-        others = _received(10)
-        fresh.process(others[:5])
-        with pytest.raises(OperationalError):
-            fresh.process(others[5:])
-        assert fresh.process(others[5:])[0] == [Outcome.APPLIED] * 5
-        assert fresh.applied == 10
-    finally:
-        app.close()
+        return inbox, events[5:]
+
+    inbox, rest = failed_once("reread")
+    _lose_one(store, "reread")
+    with pytest.raises(LostCommits):
+        inbox.process(rest)
+    # Without a loss, the batch after a failure applies as usual.
+    fresh, rest = failed_once("fresh")
+    assert fresh.process(rest)[0] == [Outcome.APPLIED] * 5
+    assert fresh.applied == 10
 
 
 @pytest.mark.parametrize("store", POSTGRES, indirect=True)
 def test_a_postgresql_batch_commits_without_waiting_for_the_flush_for_itself_only(
-    store: dict[str, Any],
+    postgres_db: Database,
 ) -> None:
-    app, db = _database(store)
+    db = postgres_db
     setting = "SELECT current_setting('synchronous_commit') AS v"
     insert = "INSERT INTO {t}t (n) VALUES (1)"
-    try:
-        db.create(["CREATE TABLE IF NOT EXISTS {t}t (n INTEGER)"])
-        assert db.defers_sync
-        with db.batch(synced=False) as tx:
-            tx.execute(insert)  # a batch's reads join its transaction once it has written
-            assert tx.execute(setting).fetchone()["v"] == "off"
-        with db.transaction(synced=False) as tx:
-            assert tx.execute(setting).fetchone()["v"] == "off"
-        for _ in range(3):  # whichever connection of the pool comes next
-            with db.batch() as tx:
-                tx.execute(insert)
-                assert tx.execute(setting).fetchone()["v"] == "on"
-            with db.transaction() as tx:
-                assert tx.execute(setting).fetchone()["v"] == "on"
-        with db.transaction(commit=False) as tx:
-            assert tx.execute("SELECT COUNT(*) AS n FROM {t}t").fetchone()["n"] == 4
-    finally:
-        app.close()
+    db.create(["CREATE TABLE IF NOT EXISTS {t}t (n INTEGER)"])
+    assert db.defers_sync
+    with db.batch(synced=False) as tx:
+        tx.execute(insert)  # a batch's reads join its transaction once it has written
+        assert tx.execute(setting).fetchone()["v"] == "off"
+    with db.transaction(synced=False) as tx:
+        assert tx.execute(setting).fetchone()["v"] == "off"
+    for _ in range(3):  # whichever connection of the pool comes next
+        with db.batch() as tx:
+            tx.execute(insert)
+            assert tx.execute(setting).fetchone()["v"] == "on"
+        with db.transaction() as tx:
+            assert tx.execute(setting).fetchone()["v"] == "on"
+    with db.transaction(commit=False) as tx:
+        assert tx.execute("SELECT COUNT(*) AS n FROM {t}t").fetchone()["n"] == 4
 
 
 @pytest.fixture
