@@ -32,10 +32,22 @@ from shared.settings import Settings
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before by this process.
+
+    bind(0) may return a port it has just released, so two servers given ports one after
+    the other could otherwise get the same one, and one of them would fail to listen.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def token(subject: str = "alice", **kwargs: Any) -> str:
@@ -182,19 +194,19 @@ class ConfiguredNatsServer:
             return False
 
     def wait_healthy(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server not healthy in {timeout}s: {self.log_tail()}")
-            time.sleep(0.05)
+        wait_all_healthy([self], timeout)
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        """The log's last lines, without the health check's own warnings (one per poll of
+        /healthz while waiting), which would hide why the server is not healthy."""
+        kept = [line for line in self.log_text().splitlines() if "Healthcheck failed" not in line]
+        return "\n".join(kept[-lines:])
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is not None:
@@ -205,6 +217,29 @@ class ConfiguredNatsServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def wait_all_healthy(servers: list[ConfiguredNatsServer], timeout: float = 20) -> None:
+    """Wait until every server is healthy; fail at once, with its log, if one has exited.
+
+    A cluster's node waits for a metadata leader that needs the others: were one of them to
+    exit, the rest would only say "no meta leader" until the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(servers)
+    while waiting:
+        for server in servers:
+            if server.exited():
+                raise RuntimeError(f"nats-server {server.config.name} exited: {server.log_tail()}")
+        waiting = [server for server in waiting if not server.healthy()]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            server = waiting[0]
+            raise RuntimeError(
+                f"nats-server {server.config.name} not healthy in {timeout}s: {server.log_tail()}"
+            )
+        time.sleep(0.05)
 
 
 async def declare_stream(url: str, **settings: Any) -> None:

@@ -37,6 +37,7 @@ from tests.support import (
     RunningService,
     nats_passwords,
     serve,
+    wait_all_healthy,
 )
 from tests.system import app_for, service_settings
 
@@ -62,8 +63,7 @@ def start_cluster(base: Path, passwords: dict[str, str]) -> list[ConfiguredNatsS
         node.routes = [n.route_url for n in nodes]
     for node in nodes:
         node.start(wait=False)  # together: a fresh cluster elects once all are up
-    for node in nodes:
-        node.wait_healthy()
+    wait_all_healthy(nodes)
     return nodes
 
 
