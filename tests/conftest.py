@@ -46,7 +46,7 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
     server.start()
     await declare_stream(server.url)
     yield server
-    server.stop()
+    server.stop(kill=True)  # its store is the test's own, thrown away: no need to flush it
 
 
 @pytest.fixture
