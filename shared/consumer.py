@@ -718,6 +718,13 @@ class _Batch:
     carriers: list[Msg] = field(default_factory=list)
     seconds: float = 0.0
 
+    def join(self, later: _Batch) -> None:
+        """Add a batch taken after this one."""
+        self.msgs += later.msgs
+        self.events += later.events
+        self.carriers += later.carriers
+        self.seconds += later.seconds
+
 
 class Consumer:
     """A durable pull consumer feeding an `Inbox`, reconnecting and backing off by itself."""
@@ -1189,6 +1196,13 @@ class Consumer:
                 if applying is not None:
                     await applying
                     applying = None
+                    # What arrived while the batch before was applied joins this one: one
+                    # commit serves them all, and none of them waits for one batch more.
+                    # (Taken right after the one before was handed over, this batch holds
+                    # only what came during that moment.)
+                    room = self.batch_size - len(checked.msgs)
+                    if room > 0 and (more := await pull.next(0, room)):
+                        checked.join(await self._check(more))
                 if self._lost:
                     await self._recover_lost()
                 applying, checked = asyncio.create_task(self._apply(checked)), None

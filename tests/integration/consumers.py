@@ -139,6 +139,7 @@ async def running(
     sync_every: float = 0.05,
     poll_interval: float = 0.2,
     on_sync_failed: Callable[[], None] | None = None,
+    projector_class: type[FailsOnce] = FailsOnce,
 ) -> AsyncIterator[Running]:
     """A projections consumer `projections-<name>` on the goals events, applying through a
     `FailsOnce` (failing from `fail_from` on), started and, on leaving, stopped."""
@@ -146,7 +147,7 @@ async def running(
     app = ProjectionsApplication(env=store_env(settings))
     link = NatsLink(url, name)
     db = Database(app)
-    projector = FailsOnce(db.postgres, fail_from=fail_from)
+    projector = projector_class(db.postgres, fail_from=fail_from)
     consumer = Consumer(
         "projections",
         name,
