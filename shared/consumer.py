@@ -1159,7 +1159,8 @@ class Consumer:
     async def _consume(self) -> None:
         """Pull, check and apply batches. The next batch is taken and checked on the event loop
         while the worker thread applies the one before (the store's own work runs without the
-        GIL); batches are applied one at a time, in the order they came."""
+        GIL), and what arrives meanwhile joins it; batches are applied one at a time, in the
+        order they came."""
         pull = await self._subscribe()
         applying: asyncio.Task[None] | None = None
         checked: _Batch | None = None  # taken and checked, not yet applying
