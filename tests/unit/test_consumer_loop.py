@@ -1,7 +1,8 @@
 """The consumer's loop over its pull: a partial batch waits `linger` for more and is applied
 with what joined it, in one batch; without a linger (or with a full batch) it is applied at
 once; the next batch is checked while the one before is applied, and applied after it; a
-failed batch takes the next one back with it; a wait that brought nothing marks the consumer
+failed batch takes the next one back with it; what arrived while a batch was applied joins the
+next one; a wait that brought nothing marks the consumer
 caught up, once the last batch is in; settling a batch again settles only what the first
 time left unsettled. The pull here is scripted: what arrives when is the
 point, and a real server cannot be timed that closely."""
@@ -114,10 +115,21 @@ async def test_a_partial_batch_lingers_and_takes_what_arrived_meanwhile() -> Non
 
 
 async def test_without_a_linger_each_batch_is_applied_as_it_comes() -> None:
-    consumer = Recorded([[_msg("a")], [_msg("b")]], later=[_msg("x")], linger=0)
+    consumer = Recorded([[_msg("a")], [_msg("b")]], later=[], linger=0)
     await asyncio.wait_for(consumer._consume(), 5)
     assert consumer.batches == [["a"], ["b"]]
-    assert all(timeout > 0 for timeout, _ in consumer.pull.calls)
+    # No wait for more: the one look that does not wait is for what arrived while "a" was
+    # applied, to join "b" (nothing here).
+    assert [limit for timeout, limit in consumer.pull.calls if timeout == 0] == [7]
+
+
+async def test_what_arrived_while_a_batch_was_applied_joins_the_next_one() -> None:
+    consumer = Recorded([[_msg("a")], [_msg("b")]], later=[_msg("x")], linger=0)
+    await asyncio.wait_for(consumer._consume(), 5)
+    assert consumer.batches == [["a"], ["b", "x"]]
+    # "x" is taken and checked once "a" is done, and applied with "b".
+    log = consumer.log
+    assert log.index("applied a") < log.index("check x") < log.index("apply b")
 
 
 async def test_a_full_batch_does_not_linger() -> None:
