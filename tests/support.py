@@ -24,30 +24,13 @@ import uvicorn
 from fastapi import FastAPI
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from bench.common import free_port  # outside the outgoing range, never the same twice
 from shared.auth import mint_token
 from shared.launcher import nats_server_binary
 from shared.nats import ensure_stream
 from shared.settings import Settings
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port free now and never handed out before by this process.
-
-    bind(0) may return a port it has just released, so two servers given ports one after
-    the other could otherwise get the same one, and one of them would fail to listen.
-    """
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def token(subject: str = "alice", **kwargs: Any) -> str:
@@ -289,7 +272,7 @@ def bodies(messages: list[Any]) -> list[dict[str, Any]]:
 class RunningService:
     http: FastAPI
     client: httpx.AsyncClient
-    server: uvicorn.Server
+    server: QuickServer
     task: asyncio.Task[None]
     base_url: str
 
@@ -300,9 +283,7 @@ class RunningService:
     async def stop(self) -> None:
         # The client's idle connections first: the server then has none to wait for.
         await self.client.aclose()
-        self.server.should_exit = True
-        if isinstance(self.server, QuickServer):
-            self.server.exit.set()
+        self.server.ask_to_exit()
         await asyncio.wait_for(self.task, 20)
 
 
@@ -319,6 +300,10 @@ class QuickServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.exit = asyncio.Event()
+
+    def ask_to_exit(self) -> None:
+        self.should_exit = True
+        self.exit.set()
 
     async def main_loop(self) -> None:
         # on_tick(0) sets the Date header (uvicorn's loop does every tenth tick) and says
