@@ -13,6 +13,7 @@ update. A command answered 2xx is committed; a refused command records nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import random
@@ -113,16 +114,37 @@ class _Command:
     future: asyncio.Future[CommandResult]
     loop: asyncio.AbstractEventLoop
 
-    def resolve(self, result: CommandResult | BaseException) -> None:
-        def _set() -> None:
-            if self.future.done():
-                return
-            if isinstance(result, BaseException):
-                self.future.set_exception(result)
-            else:
-                self.future.set_result(result)
+    def settle(self, result: CommandResult | BaseException) -> None:
+        """On the command's event loop: hand the waiting request its answer."""
+        if self.future.done():  # the request was cancelled (its client went away)
+            return
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
 
-        self.loop.call_soon_threadsafe(_set)
+
+def _settle_all(answers: list[tuple[_Command, CommandResult | BaseException]]) -> None:
+    for cmd, result in answers:
+        cmd.settle(result)
+
+
+class _Answers:
+    """A batch's answers, handed to the event loop together once the batch is done: one
+    wake-up of the loop per batch rather than one per command (each a write to the loop's
+    self-pipe, and the loop then contending for the GIL with the writer's next command)."""
+
+    def __init__(self) -> None:
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Command, Any]]] = {}
+
+    def add(self, cmd: _Command, result: CommandResult | BaseException) -> None:
+        self._by_loop.setdefault(cmd.loop, []).append((cmd, result))
+
+    def send(self) -> None:
+        by_loop, self._by_loop = self._by_loop, {}
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop has no one waiting
+                loop.call_soon_threadsafe(_settle_all, answers)
 
 
 class AggregateCache:
@@ -277,6 +299,12 @@ class CommandWriter:
         self.max_batch = max_batch
         self.cache = AggregateCache(cache_size)
         self._queue: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
+        self._answers = _Answers()  # writer thread only
+        # The metrics' children for this service, looked up once rather than per command.
+        self._batch_size = WRITER_BATCH.labels(service)
+        self._events_stored = EVENTS_STORED.labels(service)
+        self._store_latency = STORE_LATENCY.labels(service)
+        self._commands: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -330,7 +358,8 @@ class CommandWriter:
             except BaseException as e:  # never leave a request waiting forever
                 log.exception("writer batch failed")
                 for cmd in batch:
-                    cmd.resolve(e)
+                    self._answers.add(cmd, e)  # ignored by those answered already
+            self._answers.send()
             if stop:
                 return
 
@@ -347,7 +376,7 @@ class CommandWriter:
         return CommandResult(answer.status, answer.body, replayed=True)
 
     def _run_batch(self, commands: list[_Command]) -> None:
-        WRITER_BATCH.labels(self.service).observe(len(commands))
+        self._batch_size.observe(len(commands))
         batch: dict[UUID, Aggregate] = {}
         documents: dict[tuple[str, str], Document] = {}
         done: list[_Done] = []
@@ -497,11 +526,11 @@ class CommandWriter:
                     *aggregates, idempotency=records, lookups=lookups, documents=documents
                 )
             )
-            EVENTS_STORED.labels(self.service).inc(len(recordings))
+            self._events_stored.inc(len(recordings))
         else:
             self.app.save_answers(records)
             recordings = []
-        STORE_LATENCY.labels(self.service).observe(time.perf_counter() - started)
+        self._store_latency.observe(time.perf_counter() - started)
         return recordings
 
     def _record(
@@ -537,8 +566,11 @@ class CommandWriter:
             FORBIDDEN.labels(self.service, result.permission).inc()
             with command_context(cmd.context):  # stamps the actor on the record
                 log.warning("command refused: missing permission %s", result.permission)
-        COMMANDS.labels(self.service, outcome).inc()
-        cmd.resolve(result)
+        counter = self._commands.get(outcome)
+        if counter is None:
+            counter = self._commands[outcome] = COMMANDS.labels(self.service, outcome)
+        counter.inc()
+        self._answers.add(cmd, result)
 
     def _evict(self, batch: dict[UUID, Aggregate]) -> None:
         for agg_id in batch:

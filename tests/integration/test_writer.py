@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import date
 
 from services.goals import application as uc
@@ -120,3 +121,51 @@ async def test_a_refused_command_in_a_batch_leaves_the_others_intact(goals_setti
     assert app.recorder.max_notification_id() - before == 20
     assert app.repository.get(kr_id).target == 219
     app.close()
+
+
+async def test_a_batch_is_answered_with_one_wake_up_of_the_event_loop(goals_settings):
+    """The commands the writer saved together are answered together: one call into the event
+    loop per batch, not one per command (each would wake the loop, which then waits for the
+    GIL the writer holds)."""
+    from uuid import UUID
+
+    app = GoalsApplication(store_env(goals_settings))
+    writer = CommandWriter(app, "goals", max_batch=64)
+    writer.start()
+    loop = asyncio.get_running_loop()
+    from_writer: list[object] = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(callback, *args, **kwargs):
+        if threading.current_thread().name == "goals-writer":
+            from_writer.append(callback)
+        return call_soon_threadsafe(callback, *args, **kwargs)
+
+    try:
+        kr_id = UUID(await setup_key_result(writer))
+        gate = threading.Event()
+
+        def held(uow):
+            gate.wait(10)  # holds the writer until the ten commands below are queued
+            return uow.get(kr_id, KeyResult)
+
+        first = asyncio.ensure_future(writer.execute(held, CTX))
+        await asyncio.sleep(0.05)
+        adjustments = [
+            asyncio.ensure_future(
+                writer.execute(lambda uow, t=t: uc.adjust_target(uow, kr_id, t, "r", None), CTX)
+            )
+            for t in range(300, 310)
+        ]
+        await asyncio.sleep(0.05)
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        gate.set()
+        results = await asyncio.gather(first, *adjustments)
+    finally:
+        del loop.call_soon_threadsafe
+        writer.stop()
+        app.close()
+    assert [r.status for r in results] == [200] * 11
+    assert [r.version for r in results[1:]] == list(range(2, 12))
+    # The held command's batch, then the ten adjustments' batch.
+    assert len(from_writer) == 2
