@@ -124,7 +124,10 @@ class _Command:
             self.future.set_result(result)
 
 
-def _settle_all(answers: list[tuple[_Command, CommandResult | BaseException]]) -> None:
+_Result = CommandResult | BaseException
+
+
+def _settle_all(answers: list[tuple[_Command, _Result]]) -> None:
     for cmd, result in answers:
         cmd.settle(result)
 
@@ -135,9 +138,9 @@ class _Answers:
     self-pipe, and the loop then contending for the GIL with the writer's next command)."""
 
     def __init__(self) -> None:
-        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Command, Any]]] = {}
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Command, _Result]]] = {}
 
-    def add(self, cmd: _Command, result: CommandResult | BaseException) -> None:
+    def add(self, cmd: _Command, result: _Result) -> None:
         self._by_loop.setdefault(cmd.loop, []).append((cmd, result))
 
     def send(self) -> None:

@@ -123,6 +123,13 @@ async def test_a_refused_command_in_a_batch_leaves_the_others_intact(goals_setti
     app.close()
 
 
+async def until(condition, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_batch_is_answered_with_one_wake_up_of_the_event_loop(goals_settings):
     """The commands the writer saved together are answered together: one call into the event
     loop per batch, not one per command (each would wake the loop, which then waits for the
@@ -143,26 +150,27 @@ async def test_a_batch_is_answered_with_one_wake_up_of_the_event_loop(goals_sett
 
     try:
         kr_id = UUID(await setup_key_result(writer))
-        gate = threading.Event()
+        running, gate = threading.Event(), threading.Event()
 
         def held(uow):
+            running.set()
             gate.wait(10)  # holds the writer until the ten commands below are queued
             return uow.get(kr_id, KeyResult)
 
         first = asyncio.ensure_future(writer.execute(held, CTX))
-        await asyncio.sleep(0.05)
+        await until(running.is_set)
         adjustments = [
             asyncio.ensure_future(
                 writer.execute(lambda uow, t=t: uc.adjust_target(uow, kr_id, t, "r", None), CTX)
             )
             for t in range(300, 310)
         ]
-        await asyncio.sleep(0.05)
+        await until(lambda: writer._queue.qsize() == 10)
         loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
         gate.set()
         results = await asyncio.gather(first, *adjustments)
     finally:
-        del loop.call_soon_threadsafe
+        vars(loop).pop("call_soon_threadsafe", None)
         writer.stop()
         app.close()
     assert [r.status for r in results] == [200] * 11
