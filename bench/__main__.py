@@ -22,6 +22,7 @@ from typing import Any
 
 from bench import dataset, pipeline, wrk
 from bench import http as web
+from bench import parts as bench_parts
 from bench.common import Figure, Nats, Store, postgres_reachable
 from services.checkins.application import CheckinsApplication
 from services.goals.application import GoalsApplication
@@ -42,6 +43,14 @@ class Plan:
     relay_events: int
     rebuild_events: dict[str, int]
     store_seconds: float
+    parts_events: int  # check-ins (events) each batch size of the parts' figures takes
+
+
+# The parts' batch sizes: the writer's at one client, at 32 (what it takes then) and more; the
+# views' from one event to a backlog's.
+WRITER_BATCHES = [1, 13, 64]
+VIEWS_BATCHES = [1, 4, 16, 64]
+HAND_OFFS = 20_000
 
 
 FULL = Plan(
@@ -54,6 +63,7 @@ FULL = Plan(
     relay_events=100_000,
     rebuild_events={"sqlite": 100_000, "postgres": 1_000_000},
     store_seconds=5,
+    parts_events=3_000,
 )
 SMOKE = Plan(
     key_results=20,
@@ -65,6 +75,7 @@ SMOKE = Plan(
     relay_events=500,
     rebuild_events={"sqlite": 500, "postgres": 500},
     store_seconds=0.5,
+    parts_events=64,
 )
 
 
@@ -165,6 +176,16 @@ async def pipeline_benchmarks(kind: str, plan: Plan, base: Path) -> list[Figure]
     return figures
 
 
+async def parts_benchmarks(kind: str, plan: Plan, base: Path) -> list[Figure]:
+    with Store.create(kind, base) as store:
+        figures = await bench_parts.writer(
+            store, plan.key_results, WRITER_BATCHES, plan.parts_events
+        )
+    with Store.create(kind, base) as store:
+        figures += bench_parts.views(store, plan.key_results, VIEWS_BATCHES, plan.parts_events)
+    return figures
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return ""
@@ -201,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated")
-    parser.add_argument("--only", default="http,pipeline", help="http, pipeline or both")
+    parser.add_argument(
+        "--only", default="http,pipeline,parts", help="http, pipeline, parts, comma-separated"
+    )
     parser.add_argument("--phases", help="stored events at which to measure, e.g. 10000,100000")
     parser.add_argument("--seconds", type=float, help="length of each timed load run")
     parser.add_argument(
@@ -237,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="okr-bench-") as folder:
         base = Path(folder)
+        if "parts" in parts:
+            figures.append(
+                asyncio.run(bench_parts.hand_off(HAND_OFFS // (100 if args.smoke else 1)))
+            )
         for kind in stores:
+            if "parts" in parts:
+                figures += asyncio.run(parts_benchmarks(kind, plan, base))
             if "pipeline" in parts:
                 figures += asyncio.run(pipeline_benchmarks(kind, plan, base))
             if "http" in parts:
