@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,16 @@ def wait_all_healthy(servers: list[ConfiguredNatsServer], timeout: float = 20) -
                 f"nats-server {server.config.name} not healthy in {timeout}s: {server.log_tail()}"
             )
         time.sleep(0.05)
+
+
+async def eventually(
+    condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition never became true"
+) -> None:
+    """Wait, polling, until `condition()` holds; fail with `what` after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
 
 
 async def declare_stream(url: str, **settings: Any) -> None:

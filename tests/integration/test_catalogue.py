@@ -33,7 +33,7 @@ from shared.telemetry import (
 )
 from tests.http.checkins_helpers import goals_position
 from tests.http.helpers import add_key_result, create_cycle, create_objective
-from tests.support import RunningService, declare_stream, read_stream
+from tests.support import RunningService, declare_stream, eventually, read_stream
 
 
 @dataclass
@@ -92,13 +92,6 @@ def applied_count(running: Running) -> int:
 
 def counter(metric: Any, name: str = "catalogue") -> float:
     return float(metric.labels("checkins", name)._value.get())
-
-
-async def eventually(condition: Any, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.05)
 
 
 async def plan_in_goals(goals: RunningService) -> dict[str, str]:

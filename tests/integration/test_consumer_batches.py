@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 from shared.consumer import Received
 from shared.sql import Tx
 from tests.integration.consumers import FailsOnce, goals_events, publish, running
-from tests.support import NatsServer
+from tests.support import NatsServer, eventually
 
 
 class Gated(FailsOnce):
@@ -35,13 +34,6 @@ class Gated(FailsOnce):
         super().committed()
 
 
-async def _until(condition: Any, what: str, seconds: float = 10) -> None:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < seconds, what
-        await asyncio.sleep(0.01)
-
-
 async def test_what_arrives_while_a_batch_is_applied_goes_into_the_next_one_whole(
     store: dict[str, Any], nats_server: NatsServer
 ) -> None:
@@ -52,14 +44,14 @@ async def test_what_arrives_while_a_batch_is_applied_goes_into_the_next_one_whol
         projector = run.projector
         assert isinstance(projector, Gated)
         await publish(nats_server.url, bodies[:1])
-        await _until(projector.holding.is_set, "the first batch never came")
+        await eventually(projector.holding.is_set, what="the first batch never came")
         # The second event is taken and checked while the first batch is held ...
         await publish(nats_server.url, bodies[1:2])
-        await _until(lambda: run.consumer.delivered >= 2, "the second event never came")
+        await eventually(lambda: run.consumer.delivered >= 2, what="the second event never came")
         # ... and seven more arrive before that batch is done.
         await publish(nats_server.url, bodies[2:])
         await asyncio.sleep(0.3)
         projector.gate.set()
-        await _until(lambda: len(projector.applied) == 9, f"applied {projector.applied}")
+        await eventually(lambda: len(projector.applied) == 9, what=f"applied {projector.applied}")
         assert projector.batches == [1, 8]
         assert projector.applied == [b["id"] for b in bodies]

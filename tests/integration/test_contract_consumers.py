@@ -17,8 +17,8 @@ from services.checkins.main import CheckinsSettings
 from shared.store import store_env
 from shared.telemetry import CONSUMER_APPLIED, CONSUMER_REJECTED
 from tests.http.helpers import create_cycle
-from tests.integration.test_catalogue import eventually, publish
-from tests.support import RunningService, bodies, read_stream, serve
+from tests.integration.test_catalogue import publish
+from tests.support import RunningService, bodies, eventually, read_stream, serve
 from tests.system import app_for
 from tests.unit.test_contract import stored_v1_events
 

@@ -12,6 +12,7 @@ from services.goals.domain import KeyResult
 from shared.domain import CommandContext, RuleBroken
 from shared.store import store_env
 from shared.writer import CommandWriter
+from tests.support import eventually
 
 CTX = CommandContext(
     actor="alice", correlation_id="c", causation_id="r", roles=frozenset({"admin"})
@@ -123,13 +124,6 @@ async def test_a_refused_command_in_a_batch_leaves_the_others_intact(goals_setti
     app.close()
 
 
-async def until(condition, timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 async def test_a_batch_is_answered_with_one_wake_up_of_the_event_loop(goals_settings):
     """The commands the writer saved together are answered together: one call into the event
     loop per batch, not one per command (each would wake the loop, which then waits for the
@@ -158,14 +152,14 @@ async def test_a_batch_is_answered_with_one_wake_up_of_the_event_loop(goals_sett
             return uow.get(kr_id, KeyResult)
 
         first = asyncio.ensure_future(writer.execute(held, CTX))
-        await until(running.is_set)
+        await eventually(running.is_set)
         adjustments = [
             asyncio.ensure_future(
                 writer.execute(lambda uow, t=t: uc.adjust_target(uow, kr_id, t, "r", None), CTX)
             )
             for t in range(300, 310)
         ]
-        await until(lambda: writer._queue.qsize() == 10)
+        await eventually(lambda: writer._queue.qsize() == 10)
         loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
         gate.set()
         results = await asyncio.gather(first, *adjustments)
