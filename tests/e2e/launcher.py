@@ -31,6 +31,24 @@ class System:
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
 
+    def pids(self, service: str) -> list[int]:
+        """The running processes of `service` in this system (its own, not its supervisor's),
+        found by command line and port."""
+        module = f"services.{service}".encode()
+        port = f"OKR_{service.upper()}_PORT={self.ports[service]}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if module in args and b"shared.supervise" not in args and port in environ:
+                found.append(int(entry.name))
+        return found
+
 
 @contextmanager
 def launched(tmp_path: Path) -> Iterator[System]:

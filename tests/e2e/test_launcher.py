@@ -1,11 +1,14 @@
 """`okr run` (what `make run` calls) as a user runs it: a fresh data folder, no NATS at the
 configured URL. It must start nats-server itself, bring every service to ready, print a
 working admin token, carry a key result from the goals service to the check-in service over
-NATS, and stop everything on SIGTERM."""
+NATS, start a service that was killed again while the others keep running, and stop
+everything on SIGTERM."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 import urllib.request
@@ -27,6 +30,14 @@ def port_open(port: int) -> bool:
         return False
 
 
+def ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+            return bool(json.load(r)["status"] == "ready")
+    except OSError:
+        return False
+
+
 async def test_launcher_starts_everything_and_stops_on_sigterm(tmp_path: Path) -> None:
     with launched(tmp_path) as system:
         text = system.log.read_text()
@@ -36,6 +47,20 @@ async def test_launcher_starts_everything_and_stops_on_sigterm(tmp_path: Path) -
             assert (system.data_dir / f"{service}.db").exists()
             with urllib.request.urlopen(f"{system.url(service)}/readyz") as r:
                 assert json.load(r)["status"] == "ready"
+
+        # A service killed outright is started again by its supervisor; the others go on.
+        before = {service: system.pids(service) for service in SERVICES}
+        assert all(len(pids) == 1 for pids in before.values()), before
+        os.kill(before["checkins"][0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not ready(system.url("checkins")) or system.pids("checkins") == before["checkins"]:
+            assert time.monotonic() < deadline, system.log.read_text()
+            time.sleep(0.2)
+        assert len(system.pids("checkins")) == 1
+        assert {s: system.pids(s) for s in SERVICES if s != "checkins"} == {
+            s: pids for s, pids in before.items() if s != "checkins"
+        }
+        assert "starting it again" in system.log.read_text()
 
         def post(service: str, path: str, body: dict[str, object] | None = None) -> dict[str, str]:
             request = urllib.request.Request(
