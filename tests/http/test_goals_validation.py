@@ -1,10 +1,17 @@
 """Bad input: each kind answers a 4xx problem+json, names the wrong field where it can, and
-stores nothing."""
+stores nothing.
+
+The matrix is long, so its cases share one running goals service per store (a module
+fixture) instead of starting NATS and the service for every case; each case compares the
+number of stored events before and after, which holds however the cases are ordered.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +28,13 @@ from tests.http.helpers import (
     objective_body,
     stored,
 )
+from tests.support import RunningService
+from tests.system import STORES, running, store_for
 
 
 @dataclass
 class World:
+    goals: RunningService
     cycle: str
     objective: str
     kr: str  # number, 20 -> 50
@@ -34,21 +44,37 @@ class World:
     def fill(self, text: str) -> str:
         """Put the ids in place of `{cycle}`, `{objective}`, `{kr}`, ... (raw JSON stays)."""
         for name, value in self.__dict__.items():
-            text = text.replace("{" + name + "}", value)
+            if isinstance(value, str):
+                text = text.replace("{" + name + "}", value)
         return text
 
 
-@pytest.fixture
-async def world(goals) -> World:
+async def _build(goals: RunningService) -> World:
     cycle = await create_cycle(goals.client)
     objective = await create_objective(goals.client, cycle)
     return World(
+        goals=goals,
         cycle=cycle,
         objective=objective,
         kr=await add_key_result(goals.client, objective),
         pct_kr=await add_key_result(goals.client, objective, kind="percent", start=10, target=80),
         bool_kr=await add_key_result(goals.client, objective, kind="boolean", start=0, target=1),
     )
+
+
+@pytest.fixture(scope="module", params=STORES)
+async def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    base: Path = tmp_path_factory.mktemp("goals-validation")
+    async with running(store_for(request, base), base, "goals") as s:
+        yield await _build(s["goals"])
+
+
+@pytest.fixture
+def goals(world: World) -> RunningService:
+    """The module's goals service, in place of one of its own per case."""
+    return world.goals
 
 
 async def send(

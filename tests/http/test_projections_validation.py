@@ -1,11 +1,17 @@
-"""Bad reads of the projections: every one a 4xx problem; no read without a valid token."""
+"""Bad reads of the projections: every one a 4xx problem; no read without a valid token.
+
+Nothing here writes, so the cases share one running projections service per store (a module
+fixture) instead of starting NATS and the services for every case."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.http.helpers import anonymous, assert_problem
 from tests.support import RunningService, token
+from tests.system import STORES, running, store_for
 
 CYCLE = "8b0c1f55-8e0e-4c43-9f0e-3c1f7e2b9a11"
 READS = [
@@ -46,6 +52,15 @@ BAD = [
     (f"/v1/cycles/{CYCLE}/overdue-check-ins", {}, 404),
     (f"/v1/reviews/{CYCLE}", {}, 404),
 ]
+
+
+@pytest.fixture(scope="module", params=STORES)
+async def projections(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningService]:
+    base = tmp_path_factory.mktemp("projections-validation")
+    async with running(store_for(request, base), base, "projections") as s:
+        yield s["projections"]
 
 
 @pytest.mark.parametrize(("path", "params", "status"), BAD)
