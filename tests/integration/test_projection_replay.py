@@ -14,15 +14,15 @@ from shared.consumer import Inbox, Outcome, Received, parse
 from shared.sql import Database
 from shared.store import store_env
 from tests.http.checkins_helpers import check_in, plan
-from tests.http.helpers import add_key_result, create_cycle
+from tests.http.helpers import add_key_result, create_cycle, create_objective
 from tests.http.reviews_helpers import synced
 from tests.support import RunningService, read_stream
 
 
 async def scenario(
     goals: RunningService, checkins: RunningService, reviews: RunningService
-) -> None:
-    """A little of everything: plan, adjust, check in, correct, review, carry over."""
+) -> tuple[str, str]:
+    """A little of everything: plan, adjust, check in, correct, align, review, carry over."""
     p = await plan(goals, checkins, start=0, target=50)
     second = await add_key_result(goals.client, p.objective_id, title="Second", start=5, target=1)
     r = await goals.client.post(
@@ -37,6 +37,10 @@ async def scenario(
         f"/v1/check-ins/{first}/correct", json={"value": 11, "reason": "recount"}
     )
     assert r.status_code == 200
+    # An objective aligned under another after it was created: its row moves in the indexes.
+    aligned = await create_objective(goals.client, p.cycle_id, title="Aligned later", team="growth")
+    r = await goals.client.patch(f"/v1/objectives/{aligned}", json={"parent_id": p.objective_id})
+    assert r.status_code == 200, r.text
     nxt = await create_cycle(goals.client, start=False, name="Next")
     await synced(reviews, goals, checkins)
     r = await reviews.client.post("/v1/reviews", json={"cycle_id": p.cycle_id, "team": "platform"})
@@ -53,6 +57,7 @@ async def scenario(
     ]:
         r = await reviews.client.request("PUT" if "/scores/" in url else "POST", url, json=body)
         assert r.status_code == 200, r.text
+    return aligned, p.objective_id
 
 
 def dump(app: ProjectionsApplication) -> dict[str, Any]:
@@ -77,9 +82,12 @@ def dump(app: ProjectionsApplication) -> dict[str, Any]:
     return {"entities": entity_rows, "history": history, "audit": audit}
 
 
-def apply_all(app: ProjectionsApplication, events: list[Received], shuffle: bool) -> int:
-    """Feed the events the way JetStream might: in order, or shuffled, repeated and in
-    batches of any size, redelivering whatever came too early. Returns the rounds taken."""
+def apply_all(
+    app: ProjectionsApplication, events: list[Received], shuffle: bool, size: int = 0
+) -> int:
+    """Feed the events the way JetStream might: in order (in batches of `size`, or all in
+    one), or shuffled, repeated and in batches of any size, redelivering whatever came too
+    early. Returns the rounds taken."""
     inbox = Inbox(Database(app), "views", Views())
     inbox.setup()
     rng = random.Random(7)
@@ -93,8 +101,8 @@ def apply_all(app: ProjectionsApplication, events: list[Received], shuffle: bool
             rng.shuffle(pending)
         later: list[Received] = []
         while pending:
-            size = rng.randint(1, 12) if shuffle else len(pending)
-            batch, pending = pending[:size], pending[size:]
+            n = rng.randint(1, 12) if shuffle else size or len(pending)
+            batch, pending = pending[:n], pending[n:]
             outcomes, invalid = inbox.process(batch)
             assert not invalid, invalid
             later += [e for e, o in zip(batch, outcomes, strict=True) if o is Outcome.EARLY]
@@ -108,7 +116,7 @@ async def test_the_same_stream_shuffled_and_redelivered_gives_identical_views(
     reviews: RunningService,
     projections_settings: ProjectionsSettings,
 ) -> None:
-    await scenario(goals, checkins, reviews)
+    aligned, parent = await scenario(goals, checkins, reviews)
     messages = await read_stream(projections_settings.nats_url, 0)
     events = [parse(m.subject, m.data, (m.headers or {}).get("Nats-Msg-Id")) for m in messages]
     assert {e.service for e in events} == {"goals", "checkins", "reviews"}
@@ -121,15 +129,26 @@ async def test_the_same_stream_shuffled_and_redelivered_gives_identical_views(
         }
     )
     shuffled = ProjectionsApplication(store_env(shuffled_settings))
+    # One event a batch: every change meets a state committed before it (the live case).
+    one_by_one_settings = projections_settings.model_copy(
+        update={
+            "data_dir": projections_settings.data_dir / "one-by-one",
+            "database_schema": projections_settings.database_schema + "_c",
+        }
+    )
+    one_by_one = ProjectionsApplication(store_env(one_by_one_settings))
     try:
         assert apply_all(ordered, events, shuffle=False) == 1
         rounds = apply_all(shuffled, events, shuffle=True)
         assert rounds > 1  # some events did arrive before their predecessors
-        a, b = dump(ordered), dump(shuffled)
-        assert a["entities"] == b["entities"]
-        assert a["history"] == b["history"]
-        assert a["audit"] == b["audit"]
+        assert apply_all(one_by_one, events, shuffle=False, size=1) == 1
+        a, b, c = dump(ordered), dump(shuffled), dump(one_by_one)
+        assert a["entities"] == b["entities"] == c["entities"]
+        assert a["history"] == b["history"] == c["history"]
+        assert a["audit"] == b["audit"] == c["audit"]
         assert len(a["audit"]) == len(events)
+        # The objective aligned after its creation sits under its parent in the store.
+        assert ("objective", aligned, parent) in {(row[0], row[1], row[3]) for row in c["entities"]}
         # The past is kept for the kinds the tree shows, which is all `as_of` reads; check-ins
         # and reviews exist only as they are now.
         assert {kind for kind, _ in a["history"]} == set(HISTORY_KINDS)
@@ -140,3 +159,4 @@ async def test_the_same_stream_shuffled_and_redelivered_gives_identical_views(
     finally:
         ordered.close()
         shuffled.close()
+        one_by_one.close()
