@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import signal
 import time
@@ -95,6 +96,9 @@ LAG_MEASURE_EVERY_S = 5.0
 # While events are owed or deliveries may have been lost, how often the server is asked how far
 # the acknowledgements have got (`Consumer._settle_doubts`).
 DOUBTS_CHECKED_EVERY_S = 0.25
+# A consumer that lingers does so only in a stream: when it took the batch before within this
+# many lingers. An event after a quiet spell (a person's command) is applied at once.
+STREAM_WITHIN_LINGERS = 5
 # When the server does not answer that question, a warning at most this often.
 NO_INFO_WARNED_EVERY_S = 60.0
 # Subscribing with messages delivered and not acknowledged (a process before this one crashed
@@ -757,6 +761,7 @@ class Consumer:
         self.poll_interval = poll_interval
         self.early_delay = early_delay
         self.linger = linger
+        self._taken_at = -math.inf  # when the last batch was taken (for `linger`)
         self.sync_every = sync_every
         # Applied messages whose batches committed without waiting for the disk (an inbox
         # that `defers_sync`), with their outcomes: settled once a sync has made them
@@ -810,8 +815,9 @@ class Consumer:
         linger: float = 0.0,
     ) -> Consumer:
         """The service's consumer `name` on `subjects`, tuned by the `OKR_CONSUMER_*` settings.
-        `linger`: how long a partial batch waits for more messages before it is applied (fewer
-        commits under a steady trickle, for that much more delay)."""
+        `linger`: how long a partial batch waits for more messages before it is applied, while
+        they keep coming (fewer commits under a steady stream, for that much more delay); one
+        that comes after a quiet spell is applied at once."""
         return cls(
             settings.service,
             name,
@@ -1178,10 +1184,15 @@ class Consumer:
                     due = self._unsynced_since + self.sync_every - time.monotonic()
                     wait = max(0.0, min(wait, due))
                 msgs = await pull.next(wait)
-                if msgs and self.linger and len(msgs) < self.batch_size:
-                    # A partial batch: let more join it, so that one commit serves them all.
-                    await asyncio.sleep(self.linger)
-                    msgs += await pull.next(0, self.batch_size - len(msgs))
+                if msgs:
+                    now = time.monotonic()
+                    streaming = now - self._taken_at <= STREAM_WITHIN_LINGERS * self.linger
+                    self._taken_at = now
+                    if streaming and len(msgs) < self.batch_size:
+                        # A partial batch in a stream: let more join it, so that one commit
+                        # serves them all.
+                        await asyncio.sleep(self.linger)
+                        msgs += await pull.next(0, self.batch_size - len(msgs))
                 if not msgs:
                     if applying is not None:
                         await applying  # caught up only once the last batch is in

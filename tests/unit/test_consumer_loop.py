@@ -1,11 +1,11 @@
-"""The consumer's loop over its pull: a partial batch waits `linger` for more and is applied
-with what joined it, in one batch; without a linger (or with a full batch) it is applied at
-once; the next batch is checked while the one before is applied, and applied after it; a
-failed batch takes the next one back with it; what arrived while a batch was applied joins the
-next one; a wait that brought nothing marks the consumer
+"""The consumer's loop over its pull: in a stream, a partial batch waits `linger` for more
+and is applied with what joined it, in one batch; after a quiet spell, without a linger, or
+with a full batch, it is applied at once; the next batch is checked while the one before is
+applied, and applied after it; a failed batch takes the next one back with it; what arrived
+while a batch was applied joins the next one; a wait that brought nothing marks the consumer
 caught up, once the last batch is in; settling a batch again settles only what the first
-time left unsettled. The pull here is scripted: what arrives when is the
-point, and a real server cannot be timed that closely."""
+time left unsettled. The pull here is scripted: what arrives when is the point, and a real
+server cannot be timed that closely."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _msg(name: str) -> Any:
 
 class ScriptedPull:
     """`next` hands out the script's steps in order; a step is a list of messages, "nothing",
-    or "stop". Messages listed under `later` arrive while the consumer lingers."""
+    a number of seconds of nothing, or "stop". Messages listed under `later` arrive while the
+    consumer lingers."""
 
     def __init__(self, consumer: Consumer, script: list[Any], later: list[Any]) -> None:
         self.consumer = consumer
@@ -45,6 +46,9 @@ class ScriptedPull:
             taken, self.later = self.later[:limit], self.later[limit:]
             return taken
         step = self.script.pop(0) if self.script else "stop"
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+            return []
         if step == "stop":
             self.consumer._stopping = True
             return []
@@ -106,12 +110,28 @@ class Recorded(Consumer):
         self.idle += 1
 
 
-async def test_a_partial_batch_lingers_and_takes_what_arrived_meanwhile() -> None:
-    consumer = Recorded([[_msg("a")]], later=[_msg("b"), _msg("c")], linger=0.01)
+async def test_a_partial_batch_in_a_stream_lingers_and_takes_what_arrived_meanwhile() -> None:
+    # "a" comes after a quiet spell: applied at once. "b" comes right after it: a stream, so
+    # it waits for "c" and "d", which arrive meanwhile.
+    consumer = Recorded([[_msg("a")], [_msg("b")]], later=[_msg("c"), _msg("d")], linger=0.01)
     await asyncio.wait_for(consumer._consume(), 5)
-    assert consumer.batches == [["a", "b", "c"]]
-    assert consumer.pull.calls[1] == (0, 7)  # no more than the batch size in all
+    assert consumer.batches == [["a"], ["b", "c", "d"]]
+    assert consumer.pull.calls[2] == (0, 7)  # no more than the batch size in all
     assert consumer.pull.stopped
+
+
+async def test_a_batch_after_a_quiet_spell_does_not_linger() -> None:
+    consumer = Recorded([[_msg("a")]], later=[_msg("b")], linger=5)
+    await asyncio.wait_for(consumer._consume(), 1)  # a 5 s linger would time this out
+    assert consumer.batches == [["a"]]
+    assert all(timeout != 0 or limit != 7 for timeout, limit in consumer.pull.calls)
+
+
+async def test_a_batch_a_while_after_the_one_before_does_not_linger() -> None:
+    # 0.1 s of nothing between "a" and "b": more than five lingers of 0.01 s.
+    consumer = Recorded([[_msg("a")], 0.1, [_msg("b")]], later=[_msg("c")], linger=0.01)
+    await asyncio.wait_for(consumer._consume(), 5)
+    assert consumer.batches[:2] == [["a"], ["b"]]
 
 
 async def test_without_a_linger_each_batch_is_applied_as_it_comes() -> None:
