@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import signal
 import time
@@ -96,9 +95,6 @@ LAG_MEASURE_EVERY_S = 5.0
 # While events are owed or deliveries may have been lost, how often the server is asked how far
 # the acknowledgements have got (`Consumer._settle_doubts`).
 DOUBTS_CHECKED_EVERY_S = 0.25
-# A consumer that lingers does so only in a stream: when it took the batch before within this
-# many lingers. An event after a quiet spell (a person's command) is applied at once.
-STREAM_WITHIN_LINGERS = 5
 # When the server does not answer that question, a warning at most this often.
 NO_INFO_WARNED_EVERY_S = 60.0
 # Subscribing with messages delivered and not acknowledged (a process before this one crashed
@@ -761,7 +757,10 @@ class Consumer:
         self.poll_interval = poll_interval
         self.early_delay = early_delay
         self.linger = linger
-        self._taken_at = -math.inf  # when the last batch was taken (for `linger`)
+        # Readers waiting in `wait_for` (read-your-writes), and the sign that one came: a
+        # lingering batch is applied at once for them.
+        self._readers = 0
+        self._reader_came = asyncio.Event()
         self.sync_every = sync_every
         # Applied messages whose batches committed without waiting for the disk (an inbox
         # that `defers_sync`), with their outcomes: settled once a sync has made them
@@ -815,9 +814,8 @@ class Consumer:
         linger: float = 0.0,
     ) -> Consumer:
         """The service's consumer `name` on `subjects`, tuned by the `OKR_CONSUMER_*` settings.
-        `linger`: how long a partial batch waits for more messages before it is applied, while
-        they keep coming (fewer commits under a steady stream, for that much more delay); one
-        that comes after a quiet spell is applied at once."""
+        `linger`: how long a partial batch waits for more messages before it is applied (fewer
+        commits under a steady stream), unless a reader waits for a position (`wait_for`)."""
         return cls(
             settings.service,
             name,
@@ -889,11 +887,16 @@ class Consumer:
 
         if reached():
             return True
-        async with self._advanced:
-            try:
-                await asyncio.wait_for(self._advanced.wait_for(reached), timeout)
-            except TimeoutError:
-                return False
+        self._readers += 1
+        self._reader_came.set()  # a lingering batch goes now
+        try:
+            async with self._advanced:
+                try:
+                    await asyncio.wait_for(self._advanced.wait_for(reached), timeout)
+                except TimeoutError:
+                    return False
+        finally:
+            self._readers -= 1
         return True
 
     async def wait_for_progress(self, since: Mapping[str, int], timeout: float) -> bool:  # noqa: ASYNC109
@@ -1184,15 +1187,13 @@ class Consumer:
                     due = self._unsynced_since + self.sync_every - time.monotonic()
                     wait = max(0.0, min(wait, due))
                 msgs = await pull.next(wait)
-                if msgs:
-                    now = time.monotonic()
-                    streaming = now - self._taken_at <= STREAM_WITHIN_LINGERS * self.linger
-                    self._taken_at = now
-                    if streaming and len(msgs) < self.batch_size:
-                        # A partial batch in a stream: let more join it, so that one commit
-                        # serves them all.
-                        await asyncio.sleep(self.linger)
-                        msgs += await pull.next(0, self.batch_size - len(msgs))
+                if msgs and self.linger and len(msgs) < self.batch_size and not self._readers:
+                    # A partial batch: let more join it, so that one commit serves them all;
+                    # unless a reader waits for a position, now or meanwhile.
+                    self._reader_came.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._reader_came.wait(), self.linger)
+                    msgs += await pull.next(0, self.batch_size - len(msgs))
                 if not msgs:
                     if applying is not None:
                         await applying  # caught up only once the last batch is in

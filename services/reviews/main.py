@@ -28,10 +28,10 @@ class ReviewsSettings(ServiceSettings):
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
         validation_alias=AliasChoices("OKR_REVIEWS_DATABASE_SCHEMA", "database_schema"),
     )
-    # In a stream of goals and check-in events, a partial batch waits this long for more
-    # before it is applied: one commit then serves many, which halves the consumer's CPU per
-    # event, and a review read with `min_position` waits that much longer. An event after a
-    # quiet spell (more than five lingers) is applied at once. 0 never waits.
+    # A partial batch of goals and check-in events waits this long for more before it is
+    # applied: under a steady stream of check-ins one commit then serves many, which halves
+    # the consumer's CPU per event. A request waiting with `min_position` ends the wait: the
+    # batch is applied at once. 0 applies each batch as soon as it arrives.
     consumer_linger_s: float = Field(
         default=0.02,
         ge=0,

@@ -1,6 +1,6 @@
-"""The consumer's loop over its pull: in a stream, a partial batch waits `linger` for more
-and is applied with what joined it, in one batch; after a quiet spell, without a linger, or
-with a full batch, it is applied at once; the next batch is checked while the one before is
+"""The consumer's loop over its pull: a partial batch waits `linger` for more and is applied
+with what joined it, in one batch; without a linger, with a full batch, or for a reader
+waiting for a position, it is applied at once; the next batch is checked while the one before is
 applied, and applied after it; a failed batch takes the next one back with it; what arrived
 while a batch was applied joins the next one; a wait that brought nothing marks the consumer
 caught up, once the last batch is in; settling a batch again settles only what the first
@@ -110,28 +110,33 @@ class Recorded(Consumer):
         self.idle += 1
 
 
-async def test_a_partial_batch_in_a_stream_lingers_and_takes_what_arrived_meanwhile() -> None:
-    # "a" comes after a quiet spell: applied at once. "b" comes right after it: a stream, so
-    # it waits for "c" and "d", which arrive meanwhile.
-    consumer = Recorded([[_msg("a")], [_msg("b")]], later=[_msg("c"), _msg("d")], linger=0.01)
+async def test_a_partial_batch_lingers_and_takes_what_arrived_meanwhile() -> None:
+    consumer = Recorded([[_msg("a")]], later=[_msg("b"), _msg("c")], linger=0.01)
     await asyncio.wait_for(consumer._consume(), 5)
-    assert consumer.batches == [["a"], ["b", "c", "d"]]
-    assert consumer.pull.calls[2] == (0, 7)  # no more than the batch size in all
+    assert consumer.batches == [["a", "b", "c"]]
+    assert consumer.pull.calls[1] == (0, 7)  # no more than the batch size in all
     assert consumer.pull.stopped
 
 
-async def test_a_batch_after_a_quiet_spell_does_not_linger() -> None:
+async def test_a_reader_waiting_for_a_position_is_not_kept_waiting_by_the_linger() -> None:
     consumer = Recorded([[_msg("a")]], later=[_msg("b")], linger=5)
+    # Reading its own write: waiting for a position before the batch comes.
+    reader = asyncio.create_task(consumer.wait_for("okr/goals", 1, timeout=10))
+    await asyncio.sleep(0)
     await asyncio.wait_for(consumer._consume(), 1)  # a 5 s linger would time this out
     assert consumer.batches == [["a"]]
-    assert all(timeout != 0 or limit != 7 for timeout, limit in consumer.pull.calls)
+    reader.cancel()
 
 
-async def test_a_batch_a_while_after_the_one_before_does_not_linger() -> None:
-    # 0.1 s of nothing between "a" and "b": more than five lingers of 0.01 s.
-    consumer = Recorded([[_msg("a")], 0.1, [_msg("b")]], later=[_msg("c")], linger=0.01)
-    await asyncio.wait_for(consumer._consume(), 5)
-    assert consumer.batches[:2] == [["a"], ["b"]]
+async def test_a_reader_that_comes_while_a_batch_lingers_ends_the_linger() -> None:
+    consumer = Recorded([[_msg("a")]], later=[_msg("b")], linger=5)
+    consume = asyncio.create_task(consumer._consume())
+    await asyncio.sleep(0.05)
+    assert consumer.batches == []  # lingering
+    reader = asyncio.create_task(consumer.wait_for("okr/goals", 1, timeout=10))
+    await asyncio.wait_for(consume, 1)
+    assert consumer.batches == [["a", "b"]]  # with what arrived until then
+    reader.cancel()
 
 
 async def test_without_a_linger_each_batch_is_applied_as_it_comes() -> None:
