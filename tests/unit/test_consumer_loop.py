@@ -29,8 +29,7 @@ def _msg(name: str) -> Any:
 
 class ScriptedPull:
     """`next` hands out the script's steps in order; a step is a list of messages, "nothing",
-    a number of seconds of nothing, or "stop". Messages listed under `later` arrive while the
-    consumer lingers."""
+    or "stop". Messages listed under `later` arrive while the consumer lingers."""
 
     def __init__(self, consumer: Consumer, script: list[Any], later: list[Any]) -> None:
         self.consumer = consumer
@@ -46,9 +45,6 @@ class ScriptedPull:
             taken, self.later = self.later[:limit], self.later[limit:]
             return taken
         step = self.script.pop(0) if self.script else "stop"
-        if isinstance(step, float):
-            await asyncio.sleep(step)
-            return []
         if step == "stop":
             self.consumer._stopping = True
             return []
