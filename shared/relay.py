@@ -366,6 +366,8 @@ class Relay:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), wait)
             except TimeoutError:
+                if wait < self.poll_interval:
+                    continue  # the position is due to be recorded: not yet a poll
                 self._must_read = True  # a poll: anything saved and not offered is read now
                 await self._check_not_rewound()
 

@@ -293,8 +293,8 @@ async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
     goals_settings, nats_server
 ):
     """Each save hands its committed events to the relay, which publishes them without
-    reading them back: the store is read once at the start, and what goes out is byte for
-    byte what the store's copy of each event makes."""
+    reading them back: the store is read once at the start (recording the position is not a
+    poll), and what goes out is byte for byte what the store's copy of each event makes."""
     app = GoalsApplication(store_env(goals_settings))
     reads = {"n": 0}
     read_log = app.recorder.read_log
@@ -304,8 +304,9 @@ async def test_saves_handed_over_are_published_as_the_store_would_publish_them(
         return read_log(*args, **kwargs)
 
     app.recorder.read_log = counted
-    # A poll interval longer than the test: only the offers can bring these events out.
-    async with running_relay(app, nats_server.url, poll_interval=60) as relay:
+    # A poll interval longer than the test: only the offers can bring these events out. Its
+    # position is recorded often meanwhile, and that is no reason to read the store.
+    async with running_relay(app, nats_server.url, poll_interval=60, record_every=0.01) as relay:
         app.on_recorded.append(relay.offer)
         await wait_for(lambda: _async(reads["n"] == 1))  # the start: nothing stored yet
         for i in range(20):  # saves of 1 to 5 events, from a thread as the writer saves
