@@ -1213,6 +1213,10 @@ def store_env(settings: ServiceSettings) -> dict[str, str]:
 
 
 def ensure_schema(database_url: str, schema: str) -> None:
-    """The library creates tables but not schemas: create the service's schema first."""
+    """The library creates tables but not schemas: create the service's schema first, unless
+    it is there. A service's own role (deploy/postgres/init.sh) owns its schema and may not
+    create any, and PostgreSQL checks that right before it looks whether the schema exists."""
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if found.fetchone() is None:
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))

@@ -18,7 +18,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 # Secrets the stack cannot run without: each use must be `${NAME:?message}`.
-REQUIRED_SECRETS = {"OKR_JWT_SECRET", "POSTGRES_PASSWORD"}
+SERVICES = ("goals", "checkins", "reviews", "projections")
+REQUIRED_SECRETS = {"OKR_JWT_SECRET", "POSTGRES_PASSWORD"} | {
+    f"OKR_{name.upper()}_DB_PASSWORD" for name in SERVICES
+}
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|PRIVATE|CREDENTIAL|API_KEY", re.IGNORECASE)
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?err}, ${NAME?err}, ${NAME:+alt}, ...
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?")
@@ -106,10 +109,24 @@ def test_secrets_are_not_written_as_literals(compose: dict[str, Any]) -> None:
                 )
 
 
-def test_database_url_uses_the_required_password(compose: dict[str, Any]) -> None:
-    url = compose["services"]["goals"]["environment"]["OKR_DATABASE_URL"]
-    assert url.startswith("postgresql://okr:${POSTGRES_PASSWORD:?")
-    assert url.endswith("@postgres:5432/okr")
+def test_each_service_connects_as_its_own_database_role(compose: dict[str, Any]) -> None:
+    """deploy/postgres/init.sh makes a role per service that owns its schema only; the
+    superuser's password reaches no service."""
+    services = compose["services"]
+    for name in SERVICES:
+        environment = services[name]["environment"]
+        url = environment["OKR_DATABASE_URL"]
+        password = f"OKR_{name.upper()}_DB_PASSWORD"
+        assert url.startswith(f"postgresql://okr_{name}:${{{password}:?"), url
+        assert url.endswith("@postgres:5432/okr")
+        assert "POSTGRES_PASSWORD" not in str(environment)
+        # The database's init script sets the role's password from the same variable.
+        assert services["postgres"]["environment"][password].startswith(f"${{{password}:?")
+    init = services["postgres"]["volumes"][0]
+    assert init.startswith("./deploy/postgres/init.sh:/docker-entrypoint-initdb.d/")
+    assert init.split(":")[1].endswith(".sh")
+    # Run, not sourced, by the image's entrypoint: it must stay executable.
+    assert (ROOT / "deploy" / "postgres" / "init.sh").stat().st_mode & 0o111
 
 
 def test_services_wait_for_what_they_need(compose: dict[str, Any]) -> None:
