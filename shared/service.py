@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from shared.auth import IdentityProvider, SharedSecret, TokenVerifier
 from shared.consumer import Consumer
 from shared.domain import InvalidValue, NotYetKnown
+from shared.exclusive import CHECK_EVERY_S, PostgresStoreLock, StoreLock, lock_store
 from shared.http import (
     BodyLimitMiddleware,
     Check,
@@ -114,6 +115,16 @@ def create_service(
 
     @asynccontextmanager
     async def lifespan(http: FastAPI) -> AsyncIterator[None]:
+        # Before anything else: a second process on this store does not start (StoreInUse).
+        lock = await asyncio.to_thread(lock_store, settings)
+        try:
+            async with _serving(http, lock):
+                yield
+        finally:
+            await asyncio.to_thread(lock.release)
+
+    @asynccontextmanager
+    async def _serving(http: FastAPI, lock: StoreLock) -> AsyncIterator[None]:
         es_app = await asyncio.to_thread(application_class, store_env(settings))
         writer = CommandWriter(
             es_app,
@@ -143,6 +154,8 @@ def create_service(
         for consumer in runtime.consumers:
             await consumer.start()
         tasks = [asyncio.create_task(loop()) for loop in runtime.background]
+        if isinstance(lock, PostgresStoreLock):
+            tasks.append(asyncio.create_task(_keep(lock)))
         try:
             yield
         finally:
@@ -187,6 +200,13 @@ def create_service(
         )
     http.add_middleware(MetricsMiddleware, service=service)
     return http
+
+
+async def _keep(lock: PostgresStoreLock) -> None:
+    """Check the store lock's connection while the service runs (shared/exclusive.py)."""
+    while True:
+        await asyncio.sleep(CHECK_EVERY_S)
+        await asyncio.to_thread(lock.check)
 
 
 def token_verifier(settings: ServiceSettings) -> TokenVerifier:
