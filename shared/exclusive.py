@@ -65,9 +65,6 @@ class FileStoreLock:
         self._fd: int | None = fd
         self.path = path
 
-    def check(self) -> None:
-        """Nothing to do: the kernel holds the lock until the process ends."""
-
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
@@ -85,7 +82,6 @@ class PostgresStoreLock:
         self._url = url
         self._key = f"okr-store:{schema}"
         self._service = service
-        self._schema = schema
         self._on_lost = on_lost or stop_this_process
         self._lost = False
         conn = self._connect()

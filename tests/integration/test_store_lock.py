@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.exclusive import PostgresStoreLock, StoreInUse, holder_name, lock_store
+from shared.exclusive import PostgresStoreLock, StoreInUse, lock_store
 from tests.support import NatsServer
 from tests.system import app_for, service_settings
 
@@ -81,13 +81,11 @@ def test_a_service_process_started_beside_a_running_one_exits_with_who_holds_the
     assert f"okr-checkins pid {os.getpid()}" in done.stdout + done.stderr
 
 
-def _backend_of(admin_url: str, name: str) -> int:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)
-        ).fetchone()
-    assert row is not None, f"no session named {name!r}"
-    return int(row[0])
+def _cut_off(lock: PostgresStoreLock, url: str) -> None:
+    """End the lock's session from the server's side, as a restart or a cut network would."""
+    assert lock._conn is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (lock._conn.info.backend_pid,))
 
 
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
@@ -102,11 +100,7 @@ def test_a_postgres_store_lock_whose_connection_was_lost_is_taken_again(
         # not after the two hours of the default keepalive.
         assert lock._conn is not None
         assert lock._conn.execute("SHOW tcp_keepalives_idle").fetchone() == ("10",)
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(%s)",
-                (_backend_of(url, holder_name("checkins")),),
-            )
+        _cut_off(lock, url)
         lock.check()  # notices, and takes it again on a new connection
         assert not lost.is_set()
         with pytest.raises(StoreInUse, match=f"okr-checkins pid {os.getpid()}"):
@@ -125,11 +119,7 @@ def test_a_process_whose_postgres_store_lock_another_took_is_stopped(
     lock = PostgresStoreLock(url, schema, "checkins", on_lost=lost.set)
     other: PostgresStoreLock | None = None
     try:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(%s)",
-                (_backend_of(url, holder_name("checkins")),),
-            )
+        _cut_off(lock, url)
         other = PostgresStoreLock(url, schema, "checkins")  # a replica took over meanwhile
         lock.check()
         assert lost.is_set()
