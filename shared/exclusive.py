@@ -87,10 +87,14 @@ class PostgresStoreLock:
         conn = self._connect()
         try:
             if not self._take(conn):
-                raise StoreInUse(
-                    f"{self._holder(conn) or 'another process'} runs the {service} service on"
-                    f" schema {schema!r}: one process per service and store"
-                )
+                holder = self._holder(conn)
+                # Held a moment ago and by no one now: let go meanwhile (a predecessor that
+                # just stopped). Once more, then.
+                if holder is not None or not self._take(conn):
+                    raise StoreInUse(
+                        f"{holder or 'another process'} runs the {service} service on"
+                        f" schema {schema!r}: one process per service and store"
+                    )
         except BaseException:
             conn.close()
             raise
@@ -178,7 +182,14 @@ class PostgresStoreLock:
     def release(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
-                self._conn.close()  # ending the session lets the lock go
+                # Let go at once: the session's end would too, but the server notices a
+                # closed connection a moment later, and a successor started right away would
+                # find the lock still held.
+                self._conn.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self._key,)
+                )
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
             self._conn = None
 
 
