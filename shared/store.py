@@ -13,7 +13,6 @@ with its corrections), so that the aggregate stays small however long its histor
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -30,6 +29,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
@@ -116,7 +116,7 @@ class IdempotencyRecord:
         if self.events:
             position = max(ids_by_event[e] for e in self.events)
             body["position"] = f"{self.position_prefix}{position}"
-        return json.dumps(body)
+        return orjson.dumps(body).decode()
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Document:
     body: dict[str, Any]
 
     def row(self) -> tuple[str, str, str, int, str]:
-        return (self.kind, self.key, self.owner, self.seq, json.dumps(self.body))
+        return (self.kind, self.key, self.owner, self.seq, orjson.dumps(self.body).decode())
 
 
 @dataclass(frozen=True)
@@ -319,7 +319,7 @@ class _TrackingMoves:
 
 
 def _body(text: str) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(text)
+    body: dict[str, Any] = orjson.loads(text)
     return body
 
 
@@ -467,7 +467,7 @@ class SQLiteStoreRecorder(_TrackingMoves, SQLiteProcessRecorder):
             row = c.fetchone()
         if row is None:
             return None
-        return StoredAnswer(row["fingerprint"], row["status"], json.loads(row["body"]))
+        return StoredAnswer(row["fingerprint"], row["status"], orjson.loads(row["body"]))
 
     def ping(self) -> None:
         with self.datastore.transaction(commit=False) as c:
@@ -770,7 +770,7 @@ class PostgresStoreRecorder(_TrackingMoves, PostgresProcessRecorder):
             row = curs.fetchone()
         if row is None:
             return None
-        return StoredAnswer(row["fingerprint"], row["status"], json.loads(row["body"]))
+        return StoredAnswer(row["fingerprint"], row["status"], orjson.loads(row["body"]))
 
     def ping(self) -> None:
         with self.datastore.transaction(commit=False) as curs:
