@@ -63,7 +63,6 @@ class FileStoreLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder_name(service).encode(), 0)
         self._fd: int | None = fd
-        self.path = path
 
     def release(self) -> None:
         if self._fd is not None:
