@@ -313,10 +313,16 @@ class Relay:
 
     async def _pump_with(self, acks: _Acks) -> None:
         recorder = self.app.recorder
-        self.position = (
+        recorded = (
             await self._worker.run(recorder.max_tracking_id, RELAY_TRACKING_NAME)  # type: ignore[attr-defined]
         ) or 0
-        self._recorded, self._recorded_at = self.position, time.monotonic()
+        # After a failure, go on from what JetStream acknowledged, recorded or not; from the
+        # recorded position at the start, and after a rewind (it is below what was recorded).
+        if recorded >= self._recorded:
+            self.position = max(self.position, recorded)
+        else:
+            self.position = recorded
+        self._recorded, self._recorded_at = recorded, time.monotonic()
         RELAY_POSITION.labels(self.service).set(self.position)
         # Two pages in flight: the next one is read and published while JetStream acknowledges
         # the previous one, so neither the store nor NATS waits on the other.

@@ -141,20 +141,21 @@ async def test_crash_between_publish_and_record_republishes_without_duplicates(
 ):
     app = store_events(goals_settings, 700)
     original = app.recorder.advance_tracking
-    calls = {"n": 0}
 
-    def crash_once(*args):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("simulated crash after publishing, before recording")
-        return original(*args)
+    def crash(*args):
+        raise RuntimeError("simulated crash after publishing, before recording")
 
-    app.recorder.advance_tracking = crash_once
+    # A relay publishes everything and records nothing, then goes away (a crash).
+    app.recorder.advance_tracking = crash
+    async with running_relay(app, nats_server.url) as relay:
+        await wait_for(lambda: _async(relay.position == 700))
+    assert (app.recorder.max_tracking_id(RELAY_TRACKING_NAME) or 0) == 0
+    app.recorder.advance_tracking = original
     before = RELAY_DUPLICATES.labels("goals")._value.get()
     async with running_relay(app, nats_server.url):
         await wait_for(lambda: _eq_tracking(app, 700))
-    # Everything was published before the first record, which failed: all 700 went out
-    # again, and JetStream recognised every repeat by its Nats-Msg-Id.
+    # The next relay starts from the recorded position: all 700 went out again, and
+    # JetStream recognised every repeat by its Nats-Msg-Id.
     assert RELAY_DUPLICATES.labels("goals")._value.get() - before == 700
     assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
 
@@ -380,6 +381,7 @@ async def test_publishes_the_stream_rejects_hold_the_relay_until_it_takes_them(
     config = (await js.stream_info("OKR")).config
     await js.update_stream(replace(config, max_msgs=300, discard=DiscardPolicy.NEW))
     app = store_events(goals_settings, 700)
+    before = RELAY_DUPLICATES.labels("goals")._value.get()
     try:
         async with running_relay(app, nats_server.url, publish_timeout=2) as relay:
             await wait_for(lambda: _async(relay.last_error is not None))
@@ -392,6 +394,8 @@ async def test_publishes_the_stream_rejects_hold_the_relay_until_it_takes_them(
             await wait_for(lambda: _async(relay.position == 700))
     finally:
         await nc.close()
+    # Each retry went on from what JetStream had acknowledged: nothing was sent twice.
+    assert RELAY_DUPLICATES.labels("goals")._value.get() == before
     assert_exactly_once_in_order(await read_stream(nats_server.url, 700), app, 700)
 
 
