@@ -37,6 +37,7 @@ from services.projections.main import ProjectionsApplication
 from services.projections.rebuild import REBUILD_BATCH
 from services.projections.rebuild import rebuild as rebuild_views
 from services.projections.views import Tables
+from shared.contract import PREVIOUS_HEADER
 from shared.domain import CommandContext, command_context
 from shared.envelopes import Envelopes
 from shared.nats import NatsLink, ensure_stream, stream_config
@@ -324,10 +325,11 @@ async def _publish_raw(
     nc: Client, js: JetStreamContext, source: str, settings: ServiceSettings
 ) -> tuple[float, float]:
     """Publish every message of stream `source` again, as the relay publishes them (the same
-    bodies, the expected stream, the same `Nats-Msg-Id`), into fresh streams of the same
-    configuration on the same server, two raw ways: core publishes with their answers counted
-    on one inbox (`_publish_core`, the ceiling) and nats-py's `publish_async`. The seconds
-    each spent publishing until the last acknowledgement. The messages are read back a chunk
+    bodies, the expected stream, the same `Nats-Msg-Id` and `Okr-Previous-Sequence`), into
+    fresh streams of the same configuration on the same server, two raw ways: core publishes
+    with their answers counted on one inbox (`_publish_core`, the ceiling) and nats-py's
+    `publish_async`. The seconds each spent publishing until the last acknowledgement. The
+    messages are read back a chunk
     at a time (not timed), so memory stays bounded; each pipeline drains once per chunk."""
     for name in (RAW_CORE, RAW_ASYNC):
         await js.add_stream(
@@ -347,8 +349,9 @@ async def _publish_raw(
             chunk: list[tuple[str, bytes, dict[str, str]]] = []
             while len(chunk) < min(READ_BACK_CHUNK, count - done):
                 for msg in await sub.fetch(RAW_FETCH, timeout=10):
-                    msg_id = (msg.headers or {})["Nats-Msg-Id"]
-                    chunk.append((msg.subject, msg.data, {"Nats-Msg-Id": msg_id}))
+                    headers = msg.headers or {}
+                    kept = {h: headers[h] for h in ("Nats-Msg-Id", PREVIOUS_HEADER)}
+                    chunk.append((msg.subject, msg.data, kept))
             core += await _publish_core(nc, chunk, RAW_CORE)
             in_async += await _publish_async(js, chunk, RAW_ASYNC)
             done += len(chunk)

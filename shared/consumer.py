@@ -55,16 +55,19 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.contract import UUID_TEXT
+from shared.contract import PREVIOUS_HEADER, UUID_TEXT
 from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
+from shared.holes import HOLE_WAIT_S, Hole, blocks, expired, settle
 from shared.logs import bind
 from shared.nats import NatsLink, acknowledge_all
 from shared.pull import ContinuousPull, Delivery, delivery
 from shared.settings import DEFAULT_PORTS, ServiceSettings
 from shared.sql import Database, Tx
 from shared.store import (
+    DELETE_INBOX_HOLES,
     INBOX_TABLES,
+    INSERT_INBOX_HOLE,
     UPSERT_INBOX_POSITION,
     UPSERT_INBOX_SYNC,
     UPSERT_INBOX_VERSION,
@@ -77,6 +80,7 @@ from shared.telemetry import (
     CONSUMER_BATCH_SECONDS,
     CONSUMER_DUPLICATES,
     CONSUMER_FAILURES,
+    CONSUMER_HOLES,
     CONSUMER_LAG,
     CONSUMER_LAG_EVENTS,
     CONSUMER_LAG_SECONDS,
@@ -141,6 +145,9 @@ class Received:
     actor: str
     correlation_id: str
     causation_id: str
+    # The sequence of the event before this one in its source's log, as the relay's header
+    # `Okr-Previous-Sequence` says (None for a message without it): see `shared/holes.py`.
+    previous: int | None = None
 
     @cached_property
     def aggregate_id(self) -> UUID:
@@ -175,11 +182,14 @@ def _positive(body: dict[str, Any], key: str) -> int:
     return value
 
 
-def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
+def parse(
+    subject: str, payload: bytes, msg_id: str | None = None, previous: str | None = None
+) -> Received:
     """Check a message against the envelope contract; raise `InvalidMessage` if it breaks it.
 
     Trusts nothing: the source must be the service the subject names, the type must be the
-    subject plus a version, and the `Nats-Msg-Id` (when present) must name the same event.
+    subject plus a version, the `Nats-Msg-Id` (when present) must name the same event, and
+    the `Okr-Previous-Sequence` (when present) must be a sequence below the event's.
     """
     parts = subject.split(".")
     if len(parts) != 4 or parts[0] != "okr" or not all(parts):
@@ -221,6 +231,7 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
     sequence = _positive(body, "sequence")
     if msg_id is not None and msg_id != f"{source}:{sequence}":
         raise InvalidMessage(f"Nats-Msg-Id {msg_id!r} does not match {source}:{sequence}")
+    before = None if previous is None else _previous(previous, sequence)
     # The data must match the published schema of its type; an older version is lifted to
     # the current one, so projectors only ever see the latest shape.
     try:
@@ -247,8 +258,37 @@ def parse(subject: str, payload: bytes, msg_id: str | None = None) -> Received:
         actor=_text(body, "actor"),
         correlation_id=_text(body, "correlationid", 128),
         causation_id=_text(body, "causationid", 128),
+        previous=before,
     )
     return received
+
+
+def _previous(header: str, sequence: int) -> int:
+    """The `Okr-Previous-Sequence` header's value: a sequence from 0 below the event's."""
+    if not header.isascii() or not header.isdigit() or len(header) > 19:
+        raise InvalidMessage(f"{PREVIOUS_HEADER} {header[:40]!r} is not a sequence")
+    value = int(header)
+    if value >= sequence:
+        raise InvalidMessage(f"{PREVIOUS_HEADER} {value} is not below the sequence {sequence}")
+    return value
+
+
+def link(msg_id: str | None, previous: str | None, subject: str) -> tuple[str, int, int] | None:
+    """(source, sequence, previous) of a message that was rejected, from its headers alone,
+    if they name them (and its subject's service): what it settles in its source's order."""
+    if msg_id is None or previous is None:
+        return None
+    source, _, number = msg_id.rpartition(":")
+    parts = subject.split(".")
+    if len(parts) < 2 or source != f"okr/{parts[1]}" or not number.isascii():
+        return None
+    if not number.isdigit() or len(number) > 19 or int(number) < 1:
+        return None
+    try:
+        before = _previous(previous, int(number))
+    except InvalidMessage:
+        return None
+    return source, int(number), before
 
 
 _new = object.__new__
@@ -346,13 +386,101 @@ class _Poison(Exception):
         self.reason = reason
 
 
+# (source, sequence, previous) of a message rejected before it reached an inbox, named by its
+# headers: settled all the same, in its source's order (`link`).
+Link = tuple[str, int, int]
+
+
+@dataclass
+class _Settled:
+    """What a batch settled in each source's order (`shared/holes.py`): the highest sequence
+    settled per source, and the holes of the sources whose holes changed."""
+
+    tops: dict[str, int]
+    holes: dict[str, list[Hole]]
+
+
+def _settle_all(
+    consumer: str,
+    links: Iterable[tuple[str, int, int | None]],
+    positions: Mapping[str, int],
+    holes: Mapping[str, list[Hole]],
+    wait: float,
+) -> _Settled:
+    """Settle (source, sequence, previous)s against the positions and holes held before
+    them; holes open longer than `wait` expire (logged)."""
+    now = time.time()
+    working: dict[str, list[Hole]] = {}
+    for source, open_holes in holes.items():
+        kept, dropped = expired(open_holes, now, wait)
+        if dropped:
+            working[source] = kept
+            log.warning(
+                "consumer %s: %s's sequences %s never came in %.0f s; positions past them"
+                " count as reached",
+                consumer,
+                source,
+                ", ".join(f"{h.after + 1}-{h.through}" for h in dropped),
+                wait,
+            )
+    tops: dict[str, int] = {}
+    # By (source, sequence) alone: one event twice in a batch may say its predecessor once
+    # and not the other time, and None does not compare with a number.
+    for source, sequence, previous in sorted(links, key=_place):
+        top = tops.get(source, positions.get(source, 0))
+        current = working.get(source, holes.get(source, []))
+        if not current and (previous is None or previous <= top):
+            tops[source] = max(top, sequence)  # in order, as nearly always
+            continue
+        after, tops[source] = settle(current, top, sequence, previous, now)
+        if after != current:
+            working[source] = after
+    changed = {s: h for s, h in working.items() if h != holes.get(s, [])}
+    return _Settled(tops, changed)
+
+
+def _place(link: tuple[str, int, int | None]) -> tuple[str, int]:
+    return link[0], link[1]
+
+
+def _write_holes(tx: Tx, consumer: str, changed: Mapping[str, list[Hole]]) -> None:
+    for source, open_holes in changed.items():
+        tx.execute(DELETE_INBOX_HOLES, (consumer, source))
+        for hole in open_holes:
+            tx.execute(INSERT_INBOX_HOLE, (consumer, source, *hole))
+
+
+def _read_holes(tx: Tx, consumer: str) -> dict[str, list[Hole]]:
+    rows = tx.execute(
+        "SELECT source, after_seq, through_seq, opened FROM {t}inbox_holes WHERE consumer = ?"
+        " ORDER BY source, after_seq",
+        (consumer,),
+    ).fetchall()
+    holes: dict[str, list[Hole]] = {}
+    for r in rows:
+        hole = Hole(int(r["after_seq"]), int(r["through_seq"]), float(r["opened"]))
+        holes.setdefault(r["source"], []).append(hole)
+    return holes
+
+
 class Inbox:
     """Applies batches of events through a projector, each event once in effect."""
 
-    def __init__(self, db: Database, consumer: str, projector: Projector) -> None:
+    def __init__(
+        self,
+        db: Database,
+        consumer: str,
+        projector: Projector,
+        *,
+        hole_wait: float = HOLE_WAIT_S,
+    ) -> None:
         self.db = db
         self.consumer = consumer
         self.projector = projector
+        # Per source, what this consumer is past and still lacks (`shared/holes.py`), and how
+        # long a hole holds readers.
+        self.holes: dict[str, list[Hole]] = {}
+        self.hole_wait = hole_wait
         # A batch commits without waiting for the disk (the reads see it at once); the
         # consumer acknowledges its messages only after `sync`, shared by the batches of a
         # short while: one flush for many commits. Lost by a power cut (or a PostgreSQL
@@ -389,25 +517,31 @@ class Inbox:
         if self._stale:
             self._check(applied)
         self.positions = {r["source"]: int(r["position"]) for r in rows}
+        self.holes = _read_holes(tx, self.consumer)
         self.applied = applied
         self._known.clear()
         self.projector.load(tx)
 
-    def process(self, events: Sequence[Received]) -> tuple[list[Outcome], dict[int, str]]:
+    def process(
+        self, events: Sequence[Received], rejected: Sequence[Link] = ()
+    ) -> tuple[list[Outcome], dict[int, str]]:
         """Apply a batch in one transaction. Returns an outcome per event (in the order
-        given) and the reasons for those found invalid. Raises `PersistenceError` when the
-        store fails: nothing was applied then."""
+        given) and the reasons for those found invalid. `rejected`: messages of the batch
+        rejected before, settled with it. Raises `PersistenceError` when the store fails:
+        nothing was applied then."""
         invalid: dict[int, str] = {}
         while True:
             try:
-                outcomes = self._process(events, invalid)
+                outcomes = self._process(events, invalid, rejected)
             except _Poison as p:
                 # That event's data broke the projector: set it aside, redo the rest.
                 invalid[p.index] = p.reason
                 continue
             return outcomes, invalid
 
-    def _process(self, events: Sequence[Received], invalid: dict[int, str]) -> list[Outcome]:
+    def _process(
+        self, events: Sequence[Received], invalid: dict[int, str], rejected: Sequence[Link]
+    ) -> list[Outcome]:
         outcomes = [Outcome.INVALID] * len(events)
         # Within a batch, apply in log order per source whatever order the stream had.
         order = sorted(
@@ -455,17 +589,34 @@ class Inbox:
                     versions[key] = ev.aggregate_version
                     applied[key] = ev.aggregate_version
                     outcomes[i] = Outcome.APPLIED
-                    positions[ev.source] = max(positions.get(ev.source, 0), ev.sequence)
                     counts[ev.source] = counts.get(ev.source, 0) + 1
                 self.projector.flush(tx)
                 tx.executemany(
                     UPSERT_INBOX_VERSION,
                     [(self.consumer, s, a, v) for (s, a), v in applied.items()],
                 )
-                for source, position in positions.items():
-                    tx.execute(
-                        UPSERT_INBOX_POSITION, (self.consumer, source, position, counts[source])
-                    )
+                # Applied, duplicate or invalid, an event is settled: the position is the
+                # highest sequence settled, and the holes follow (`shared/holes.py`).
+                settled = _settle_all(
+                    self.consumer,
+                    itertools.chain(
+                        (
+                            (ev.source, ev.sequence, ev.previous)
+                            for ev, outcome in zip(events, outcomes, strict=True)
+                            if outcome is not Outcome.EARLY
+                        ),
+                        rejected,
+                    ),
+                    self.positions,
+                    self.holes,
+                    self.hole_wait,
+                )
+                for source, top in settled.tops.items():
+                    count = counts.get(source, 0)
+                    if count or top > self.positions.get(source, 0):
+                        positions[source] = top
+                        tx.execute(UPSERT_INBOX_POSITION, (self.consumer, source, top, count))
+                _write_holes(tx, self.consumer, settled.holes)
         except _Poison:
             self.projector.rolled_back()  # rolled back before its commit: nothing is stale
             raise
@@ -484,6 +635,10 @@ class Inbox:
             cache.popitem(last=False)
         for source, position in positions.items():
             self.positions[source] = max(self.positions.get(source, 0), position)
+        if settled.holes:
+            self.holes = {
+                s: h for s, h in (self.holes | settled.holes).items() if h
+            }  # a new dict: the consumer's readers hold the one before
         return outcomes
 
     def sync(self) -> None:
@@ -583,12 +738,16 @@ class ProcessInbox:
         app: ServiceApplication,
         consumer: str,
         policy: Policy,
+        *,
+        hole_wait: float = HOLE_WAIT_S,
     ) -> None:
         self.app = app
         self.db = Database(app)
         self.consumer = consumer
         self.policy = policy
         self.positions: dict[str, int] = {}
+        self.holes: dict[str, list[Hole]] = {}
+        self.hole_wait = hole_wait
 
     def sync(self) -> None:
         """Nothing to do: see `defers_sync`."""
@@ -599,18 +758,47 @@ class ProcessInbox:
                 "SELECT source, position FROM {t}inbox_positions WHERE consumer = ?",
                 (self.consumer,),
             ).fetchall()
+            self.holes = _read_holes(tx, self.consumer)
         self.positions = {r["source"]: int(r["position"]) for r in rows}
 
-    def process(self, events: Sequence[Received]) -> tuple[list[Outcome], dict[int, str]]:
+    def process(
+        self, events: Sequence[Received], rejected: Sequence[Link] = ()
+    ) -> tuple[list[Outcome], dict[int, str]]:
         outcomes = [Outcome.INVALID] * len(events)
         invalid: dict[int, str] = {}
+        before = dict(self.positions)
         order = sorted(range(len(events)), key=lambda i: (events[i].source, events[i].sequence))
         for i in order:
             outcome, reason = self._process_one(events[i])
             outcomes[i] = outcome
             if reason is not None:
                 invalid[i] = reason
+        # Each event's effect was saved with its inbox record; what they settled in their
+        # sources' order is recorded after them, when it changed anything (rarely: the stream
+        # held a source out of order, or an event was a duplicate or invalid past the
+        # position). A crash in between leaves a hole to expire, or one not seen. (If the
+        # store fails before, the batch comes again, its events then duplicates.)
+        self._settle(
+            [
+                (ev.source, ev.sequence, ev.previous)
+                for ev, outcome in zip(events, outcomes, strict=True)
+                if outcome is not Outcome.EARLY
+            ]
+            + list(rejected),
+            before,
+        )
         return outcomes, invalid
+
+    def _settle(self, links: list[tuple[str, int, int | None]], before: dict[str, int]) -> None:
+        settled = _settle_all(self.consumer, links, before, self.holes, self.hole_wait)
+        moved = {s: t for s, t in settled.tops.items() if t > self.positions.get(s, 0)}
+        if moved or settled.holes:
+            with self.db.transaction() as tx:
+                for source, top in moved.items():
+                    tx.execute(UPSERT_INBOX_POSITION, (self.consumer, source, top, 0))
+                _write_holes(tx, self.consumer, settled.holes)
+            self.positions |= moved
+            self.holes = {s: h for s, h in (self.holes | settled.holes).items() if h}
 
     def _version(self, event: Received) -> int:
         with self.db.transaction(commit=False) as tx:
@@ -717,6 +905,8 @@ class _Batch:
     events: list[Received] = field(default_factory=list)
     carriers: list[Msg] = field(default_factory=list)
     seconds: float = 0.0
+    # Messages rejected by the contract whose headers name their place in their source's log.
+    rejected: list[Link] = field(default_factory=list)
 
     def join(self, later: _Batch) -> None:
         """Add a batch taken after this one."""
@@ -724,6 +914,7 @@ class _Batch:
         self.events += later.events
         self.carriers += later.carriers
         self.seconds += later.seconds
+        self.rejected += later.rejected
 
 
 class Consumer:
@@ -784,8 +975,9 @@ class Consumer:
         self._stopping = False
         self._worker = BlockingWorker(f"{service}-{name}")
         # Read-your-writes (`wait_for`). The positions as released to readers: the inbox's,
-        # copied once a batch's outcomes are settled here.
+        # copied once a batch's outcomes are settled here; and the inbox's holes with them.
         self._released: dict[str, int] = {}
+        self._holes: dict[str, list[Hole]] = {}
         # Events taken but not applied, handed back to come again (a failed batch, one that
         # arrived early): per source, sequence -> stream sequence. A position at or past one
         # of them is not reached, whatever was applied after it.
@@ -855,7 +1047,7 @@ class Consumer:
 
     async def start(self) -> None:
         await self._worker.run(self.inbox.setup)
-        self._released = dict(self.inbox.positions)
+        self._release()
         self._task = asyncio.create_task(self.run(), name=f"{self.durable}-consumer")
 
     async def stop(self) -> None:
@@ -873,11 +1065,20 @@ class Consumer:
     def reached(self, source: str, sequence: int) -> bool:
         """Whether every event of `source` up to `sequence` that this consumer will apply has
         been applied, as far as it can know: its position is there, no event at or below it
-        is owed, and no delivery may have been lost on the way."""
+        is owed or still to come (a hole: `shared/holes.py`), and no delivery may have been
+        lost on the way."""
         if self._released.get(source, 0) < sequence or self._doubtful:
             return False
         owed = self._owed.get(source)
-        return not owed or min(owed) > sequence
+        if owed and min(owed) <= sequence:
+            return False
+        holes = self._holes.get(source)
+        return not holes or not blocks(holes, sequence, time.time(), self.inbox.hole_wait)
+
+    def _release(self) -> None:
+        """Let readers see what the inbox committed: its positions, and its holes."""
+        self._released.update(self.inbox.positions)
+        self._holes = self.inbox.holes
 
     async def wait_for(self, source: str, sequence: int, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait (bounded) until events of `source` up to `sequence` have been applied."""
@@ -889,15 +1090,28 @@ class Consumer:
             return True
         self._readers += 1
         self._reader_came.set()  # a lingering batch goes now
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with self._advanced:
-                try:
-                    await asyncio.wait_for(self._advanced.wait_for(reached), timeout)
-                except TimeoutError:
-                    return False
+                while not reached():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        return False
+                    # Woken by progress, or when a hole in the way expires.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._advanced.wait(), min(left, self._hole_expires_in(source))
+                        )
         finally:
             self._readers -= 1
         return True
+
+    def _hole_expires_in(self, source: str) -> float:
+        """Seconds until the first of `source`'s open holes expires (inf without any)."""
+        now = time.time()
+        ends = [h.opened + self.inbox.hole_wait - now for h in self._holes.get(source, ())]
+        return max(0.01, min((end for end in ends if end > 0), default=float("inf")))
 
     async def wait_for_progress(self, since: Mapping[str, int], timeout: float) -> bool:  # noqa: ASYNC109
         """Wait (bounded) until the positions have moved past `since` (a copy of `positions`
@@ -1037,7 +1251,12 @@ class Consumer:
                     try:
                         headers = msg.headers or {}
                         events.append(
-                            parse(msg.subject or "", msg.data or b"", headers.get("Nats-Msg-Id"))
+                            parse(
+                                msg.subject or "",
+                                msg.data or b"",
+                                headers.get("Nats-Msg-Id"),
+                                headers.get(PREVIOUS_HEADER),
+                            )
                         )
                     except InvalidMessage:
                         continue  # rejected when it comes again
@@ -1064,7 +1283,7 @@ class Consumer:
             applied += await self._apply_recovered(
                 [e for e, _ in again], [q for _, q in again], early
             )
-        self._released.update(self.inbox.positions)
+        self._release()
         if read:
             log.info(
                 "consumer %s: read back %d unacknowledged events from stream sequences %d to %d,"
@@ -1269,12 +1488,23 @@ class Consumer:
                 self._doubt(None)
                 self._lost = True
             self._next_delivery = max(self._next_delivery or 0, d.consumer + 1)
+            headers = msg.headers or {}
             try:
-                headers = msg.headers or {}
-                batch.events.append(parse(msg.subject, msg.data, headers.get("Nats-Msg-Id")))
+                batch.events.append(
+                    parse(
+                        msg.subject,
+                        msg.data,
+                        headers.get("Nats-Msg-Id"),
+                        headers.get(PREVIOUS_HEADER),
+                    )
+                )
                 batch.carriers.append(msg)
             except InvalidMessage as e:
                 await self._reject(msg, str(e))
+                # Never applied, and settled all the same: what follows it does not wait.
+                named = link(headers.get("Nats-Msg-Id"), headers.get(PREVIOUS_HEADER), msg.subject)
+                if named is not None:
+                    batch.rejected.append(named)
         batch.seconds = time.perf_counter() - started
         return batch
 
@@ -1341,9 +1571,11 @@ class Consumer:
         """Apply a checked batch in one transaction, then settle each of its messages."""
         started = time.perf_counter()
         events, carriers = batch.events, batch.carriers
-        if events:
+        if events or batch.rejected:
             try:
-                outcomes, invalid = await self._worker.run(self.inbox.process, events)
+                outcomes, invalid = await self._worker.run(
+                    self.inbox.process, events, batch.rejected
+                )
             except PersistenceError as e:
                 # Nothing was applied: have the batch come again soon, then back off.
                 await self._give_back(batch)
@@ -1362,7 +1594,7 @@ class Consumer:
             CONSUMER_DUPLICATES.labels(self.service, self.name).inc(
                 outcomes.count(Outcome.DUPLICATE)
             )
-            self._released.update(self.inbox.positions)
+            self._release()
             async with self._advanced:
                 self._advanced.notify_all()
             if self.inbox.defers_sync:
@@ -1392,6 +1624,8 @@ class Consumer:
         CONSUMER_LAG.labels(self.service, self.name).set(self.pending)
         for source, position in self.positions.items():
             CONSUMER_POSITION.labels(self.service, self.name, source).set(position)
+            missing = sum(h.through - h.after for h in self._holes.get(source, ()))
+            CONSUMER_HOLES.labels(self.service, self.name, source).set(missing)
         now = datetime.now(UTC)
         for source, at in self.last_event_time.items():
             # How old the newest event seen is, while more are waiting: lag in time.

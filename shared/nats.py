@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from shared import contract
 from shared.settings import Settings
 from shared.tasks import stop_task
 
@@ -135,6 +136,8 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         await js.update_stream(config)
 
 
+_PREVIOUS = contract.PREVIOUS_HEADER.encode()
+
 # What may not appear in a subject (it would end the protocol line's field or the line).
 _NOT_IN_SUBJECT = re.compile(r"[ \t\r\n]")
 
@@ -166,14 +169,25 @@ class JetStreamPublisher:
             raise nats_errors.BadSubjectError
         return subject.encode()
 
-    def command(self, subject: str, token: int, msg_id: str, body: bytes) -> bytes:
-        """One message as the protocol writes it (`HPUB`)."""
+    def command(
+        self, subject: str, token: int, msg_id: str, body: bytes, previous: int | None = None
+    ) -> bytes:
+        """One message as the protocol writes it (`HPUB`); with `previous`, the header
+        `Okr-Previous-Sequence` (the sequence of the event before it in its log)."""
         encoded = self._subjects.get(subject)
         if encoded is None:
             encoded = self._subjects[subject] = self._checked(subject)
         if "\r" in msg_id or "\n" in msg_id or msg_id != msg_id.strip():
             raise nats_errors.BadHeaderError(msg_id)
-        headers = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n%b" % (msg_id.encode(), self._stream_header)
+        if previous is None:
+            headers = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n%b" % (msg_id.encode(), self._stream_header)
+        else:
+            headers = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n%b: %d\r\n%b" % (
+                msg_id.encode(),
+                _PREVIOUS,
+                previous,
+                self._stream_header,
+            )
         size = len(headers) + len(body)
         if size > self.nc.max_payload:
             raise nats_errors.MaxPayloadError

@@ -106,15 +106,15 @@ class _Acks:
         self.futures.clear()
 
     async def publish(
-        self, messages: Sequence[tuple[str, bytes, str]]
+        self, messages: Sequence[tuple[str, bytes, str, int]]
     ) -> list[asyncio.Future[bool]]:
-        """Publish (subject, body, msg id)s, in order; a future for each acknowledgement. A
-        message the connection cannot take raises before any of them is sent."""
+        """Publish (subject, body, msg id, previous sequence)s, in order; a future for each
+        acknowledgement. A message the connection cannot take raises before any is sent."""
         command = self.publisher.command
         first = self.sent + 1
         commands = [
-            command(subject, token, msg_id, body)
-            for token, (subject, body, msg_id) in enumerate(messages, first)
+            command(subject, token, msg_id, body, previous)
+            for token, (subject, body, msg_id, previous) in enumerate(messages, first)
         ]
         new_future = asyncio.get_running_loop().create_future
         futures: list[asyncio.Future[bool]] = [new_future() for _ in commands]
@@ -346,7 +346,7 @@ class Relay:
                     # Idle time is not lack of progress: start the clock at the new backlog.
                     self.last_progress = time.monotonic()
                 self.caught_up = False
-                page = await self._publish(acks, notifications)
+                page = await self._publish(acks, notifications, read_to)
                 read_to = notifications[-1].id
             if in_flight is not None:
                 try:
@@ -377,13 +377,22 @@ class Relay:
                 self._must_read = True  # a poll: anything saved and not offered is read now
                 await self._check_not_rewound()
 
-    async def _publish(self, acks: _Acks, notifications: Sequence[Notification | Logged]) -> _Page:
-        """Publish a page without waiting for the acknowledgements."""
+    async def _publish(
+        self, acks: _Acks, notifications: Sequence[Notification | Logged], previous: int
+    ) -> _Page:
+        """Publish a page without waiting for the acknowledgements. `previous`: the sequence
+        of the event before the page's first (nothing lies between them in the log), which
+        each message names for the one before it: a subscriber then knows what it still
+        lacks when a failed publish was sent again after later ones."""
         started = time.perf_counter()
         message = self._envelopes.message
         source = self.source
+        before = [previous, *(n.id for n in notifications[:-1])]
         futures = await acks.publish(
-            [(*message(n), contract.msg_id(source, n.id)) for n in notifications]
+            [
+                (*message(n), contract.msg_id(source, n.id), p)
+                for n, p in zip(notifications, before, strict=True)
+            ]
         )
         return _Page(notifications, futures, started)
 

@@ -179,7 +179,14 @@ INBOX_TABLES = [
     # What a consumer's last sync found applied (PostgreSQL): see `Inbox.sync`.
     "CREATE TABLE IF NOT EXISTS {t}inbox_syncs (consumer TEXT PRIMARY KEY,"
     " applied BIGINT NOT NULL)",
+    # Sequences of a source a consumer is past and still lacks (`shared/holes.py`): rows only
+    # while the stream holds that source's events out of order, rewritten when they change.
+    "CREATE TABLE IF NOT EXISTS {t}inbox_holes (consumer TEXT NOT NULL, source TEXT NOT NULL,"
+    " after_seq BIGINT NOT NULL, through_seq BIGINT NOT NULL, opened DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (consumer, source, after_seq))",
 ]
+DELETE_INBOX_HOLES = "DELETE FROM {t}inbox_holes WHERE consumer = ? AND source = ?"
+INSERT_INBOX_HOLE = "INSERT INTO {t}inbox_holes VALUES (?, ?, ?, ?, ?)"
 UPSERT_INBOX_VERSION = (
     "INSERT INTO {t}inbox_versions VALUES (?, ?, ?, ?) ON CONFLICT "
     "(consumer, source, aggregate_id) DO UPDATE SET version = excluded.version"

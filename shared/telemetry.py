@@ -106,7 +106,12 @@ CONSUMER_LAG_SECONDS = Gauge(
 )
 CONSUMER_POSITION = Gauge(
     "okr_consumer_position",
-    "Highest sequence applied, per source",
+    "Highest sequence settled (applied, or a duplicate or rejected one past it), per source",
+    ["service", "consumer", "source"],
+)
+CONSUMER_HOLES = Gauge(
+    "okr_consumer_missing_sequences",
+    "Sequences of a source the consumer is past and still lacks (at most; the log has gaps)",
     ["service", "consumer", "source"],
 )
 CONSUMER_BATCH_SECONDS = Histogram(

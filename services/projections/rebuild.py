@@ -73,6 +73,7 @@ def forget_generation(db: Database, tables: Tables) -> None:
         tx.execute("DELETE FROM {t}inbox_versions WHERE consumer = ?", (tables.consumer,))
         tx.execute("DELETE FROM {t}inbox_positions WHERE consumer = ?", (tables.consumer,))
         tx.execute("DELETE FROM {t}inbox_syncs WHERE consumer = ?", (tables.consumer,))
+        tx.execute("DELETE FROM {t}inbox_holes WHERE consumer = ?", (tables.consumer,))
 
 
 async def rebuild(

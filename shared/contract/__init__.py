@@ -2,7 +2,10 @@
 
 Imports only the standard library (and orjson for speed); no service code. A stored domain
 event becomes one message: subject `okr.<service>.<aggregate>.<event>`, body a CloudEvents 1.0
-JSON envelope, header `Nats-Msg-Id: <source>:<sequence>`.
+JSON envelope, header `Nats-Msg-Id: <source>:<sequence>`. The relays add the header
+`Okr-Previous-Sequence`: the sequence of the event before it in its service's log (0 for the
+first), so that a subscriber of a whole source can tell that one is still to come when the
+stream holds them out of order (`PREVIOUS_HEADER`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 import orjson
 
 SPEC_VERSION = "1.0"
+# The header naming the sequence of the event before this one in its service's log. Sequences
+# may have gaps, so without it a subscriber cannot tell a gap from an event still to come.
+PREVIOUS_HEADER = "Okr-Previous-Sequence"
 CONTENT_TYPE = "application/json"
 # Event ids are derived, not random: republishing the same stored event gives the same id.
 EVENT_ID_NAMESPACE = uuid.UUID("7d4a3c1e-2b5f-5e8a-9c0d-4f6b8a2e1d3c")

@@ -101,8 +101,9 @@ def asyncapi() -> dict[str, Any]:
         version=CONTRACT_VERSION,
         description=(
             "Every change in the OKR services is a domain event, published as a CloudEvents "
-            "1.0 JSON envelope on `okr.<service>.<aggregate>.<event>` (header `Nats-Msg-Id: "
-            "okr/<service>:<sequence>`). Ordering holds per source service, not across "
+            "1.0 JSON envelope on `okr.<service>.<aggregate>.<event>` (headers `Nats-Msg-Id: "
+            "okr/<service>:<sequence>` and `Okr-Previous-Sequence`, the sequence of the event "
+            "before it in its service's log). Ordering holds per source service, not across "
             "services; delivery is at least once, so deduplicate on `id`. See "
             "docs/subscribing.md for replay, retention and the versioning policy."
         ),

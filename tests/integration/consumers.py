@@ -16,6 +16,8 @@ import nats
 
 from services.projections.main import ProjectionsApplication, ProjectionsSettings
 from shared.consumer import Consumer, Inbox, Received
+from shared.contract import PREVIOUS_HEADER
+from shared.holes import HOLE_WAIT_S
 from shared.nats import NatsLink
 from shared.sql import Database, Tx
 from shared.store import store_env
@@ -62,23 +64,39 @@ class FailsOnce:
         self._staged.append(event.id)
 
 
-async def publish(url: str, bodies: Sequence[dict[str, Any]], *, others: int = 0) -> None:
+async def publish(
+    url: str,
+    bodies: Sequence[dict[str, Any]],
+    *,
+    others: int = 0,
+    previous: dict[int, int] | None = None,
+) -> None:
     """Publish goals events with their `Nats-Msg-Id`s; `others`: how many messages on a subject
-    the consumers here do not take go before each."""
+    the consumers here do not take go before each; `previous`: the `Okr-Previous-Sequence`
+    of each sequence, as a relay names them (`chain`)."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         for body in bodies:
             for _ in range(others):
                 await js.publish("okr.checkins.other.thing", b"{}", stream="OKR")
+            headers = {"Nats-Msg-Id": f"{SOURCE}:{body['sequence']}"}
+            if previous is not None:
+                headers[PREVIOUS_HEADER] = str(previous[body["sequence"]])
             await js.publish(
                 "okr.goals.cycle.scheduled",
                 json.dumps(body).encode(),
                 stream="OKR",
-                headers={"Nats-Msg-Id": f"{SOURCE}:{body['sequence']}"},
+                headers=headers,
             )
     finally:
         await nc.close()
+
+
+def chain(bodies: Sequence[dict[str, Any]]) -> dict[int, int]:
+    """Each body's predecessor in the log, as the relay names it: the sequence before it."""
+    sequences = sorted(b["sequence"] for b in bodies)
+    return dict(zip(sequences, [0, *sequences[:-1]], strict=True))
 
 
 def goals_events(count: int) -> list[dict[str, Any]]:
@@ -140,6 +158,7 @@ async def running(
     poll_interval: float = 0.2,
     on_sync_failed: Callable[[], None] | None = None,
     projector_class: type[FailsOnce] = FailsOnce,
+    hole_wait: float = HOLE_WAIT_S,
 ) -> AsyncIterator[Running]:
     """A projections consumer `projections-<name>` on the goals events, applying through a
     `FailsOnce` (failing from `fail_from` on), started and, on leaving, stopped."""
@@ -152,7 +171,7 @@ async def running(
         "projections",
         name,
         link,
-        Inbox(db, name, projector),
+        Inbox(db, name, projector, hole_wait=hole_wait),
         stream="OKR",
         subjects=["okr.goals.>"],
         batch_size=batch,

@@ -99,8 +99,8 @@ class _Trace:
         self.early_acks = 0  # acknowledged before a sync covered them
         process, sync, acknowledge = Inbox.process, Inbox.sync, Consumer.acknowledge
 
-        def traced_process(inbox: Inbox, events: list[Received]) -> Any:
-            done = process(inbox, events)
+        def traced_process(inbox: Inbox, events: list[Received], *rest: Any) -> Any:
+            done = process(inbox, events, *rest)
             self.batches += 1
             self.committed += len(events)
             return done

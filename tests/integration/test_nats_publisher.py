@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from shared.contract import PREVIOUS_HEADER
 from shared.nats import JetStreamPublisher, acknowledge_all
 from tests.support import NatsServer, read_stream
 
@@ -75,6 +76,35 @@ async def test_a_message_is_the_bytes_nats_py_publishes(nc: Client) -> None:
     finally:
         nc._send_command = original  # type: ignore[method-assign]
     assert written == [publisher.command(SUBJECT, 17, "okr/goals:17", body)]
+
+
+async def test_a_message_naming_its_predecessor_is_the_bytes_nats_py_publishes(
+    nc: Client,
+) -> None:
+    written: list[bytes] = []
+
+    async def record(cmd: bytes, priority: bool = False) -> None:
+        written.append(cmd)
+
+    prefix = nc.new_inbox() + "."
+    publisher = JetStreamPublisher(nc, "OKR", prefix)
+    body = b'{"id":"x"}'
+    original = nc._send_command
+    nc._send_command = record  # type: ignore[method-assign]
+    try:
+        await nc.publish(
+            SUBJECT,
+            body,
+            reply=prefix + "3",
+            headers={
+                "Nats-Msg-Id": "okr/goals:42",
+                PREVIOUS_HEADER: "40",
+                "Nats-Expected-Stream": "OKR",
+            },
+        )
+    finally:
+        nc._send_command = original  # type: ignore[method-assign]
+    assert written == [publisher.command(SUBJECT, 3, "okr/goals:42", body, 40)]
 
 
 async def test_a_page_reaches_the_stream_in_order_with_its_ids(

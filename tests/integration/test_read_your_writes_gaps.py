@@ -11,7 +11,10 @@ earlier one, each through the real consumer, a real NATS server and both stores:
 - messages are lost on their way to the consumer (a connection dropped under them): they too
   come again only after the ack wait, and nothing tells which they were, so the consumer
   reads back from the stream what is unacknowledged once it sees the gap; when it cannot (too
-  many), it doubts every position until they are in.
+  many), it doubts every position until they are in;
+- the stream holds a source's events out of order (a relay's publish failed mid-page and went
+  out again after the later ones): each message names its predecessor, so the consumer knows
+  what it still lacks, across a restart too, until it arrives or has waited too long.
 
 Each test samples, while the gap is open, whether `wait_for` says the position is reached,
 and checks that whenever it does, the event is in the store; and, where the gap stays open
@@ -32,7 +35,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared import consumer as consumer_module
 from shared.consumer import Consumer
 from shared.pull import ContinuousPull, delivery
-from tests.integration.consumers import SOURCE, early_first, goals_events, publish, running
+from shared.telemetry import CONSUMER_HOLES
+from tests.integration.consumers import (
+    SOURCE,
+    chain,
+    early_first,
+    goals_events,
+    publish,
+    running,
+)
 from tests.support import NatsServer
 
 DURABLE = "projections-gaps"
@@ -247,3 +258,87 @@ async def test_after_a_clean_restart_positions_already_applied_are_reached_at_on
         # Asked before the consumer has subscribed: answered once it has, nothing arriving.
         assert not run.consumer.reached(SOURCE, 20)
         assert await run.consumer.wait_for(SOURCE, 20, 2)
+
+
+def _held_back(count: int, late: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Goals events 1 to `count` as a relay names their predecessors, split into those the
+    stream holds first and the `late` ones it holds after them."""
+    bodies = goals_events(count)
+    return [b for b in bodies if b["sequence"] not in late], [
+        b for b in bodies if b["sequence"] in late
+    ]
+
+
+async def _applied_through(run: Any, sequence: int) -> None:
+    deadline = time.monotonic() + 10
+    while run.consumer.positions.get(SOURCE, 0) < sequence or run.consumer._doubtful:
+        assert time.monotonic() < deadline, "not applied in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_position_past_events_the_stream_holds_later_waits_for_them(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    first, late = _held_back(30, {10, 11})
+    previous = chain(first + late)
+    await publish(nats_server.url, first, previous=previous)
+    async with running(store, nats_server.url) as run:
+        await _applied_through(run, 30)
+        # Applied up to 30, but 12 named 11 as its predecessor: 10 and 11 are still to come.
+        assert run.consumer.reached(SOURCE, 9)
+        assert not run.consumer.reached(SOURCE, 10)
+        assert not await run.consumer.wait_for(SOURCE, 20, 0.3)
+        assert _missing() == 2  # what operators see
+        await publish(nats_server.url, late, previous=previous)
+        assert await run.consumer.wait_for(SOURCE, 30, 5)
+        assert {b["id"] for b in first + late} <= await asyncio.to_thread(run.seen)
+        assert run.consumer.inbox.holes == {}
+        deadline = time.monotonic() + 5
+        while _missing():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+
+
+def _missing() -> float:
+    return CONSUMER_HOLES.labels("projections", "gaps", SOURCE)._value.get()
+
+
+async def test_events_still_to_come_are_still_awaited_after_a_restart(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    first, late = _held_back(30, {10})
+    previous = chain(first + late)
+    await publish(nats_server.url, first, previous=previous)
+    async with running(store, nats_server.url) as run:
+        await _applied_through(run, 30)
+    async with running(store, nats_server.url) as run:
+        await _applied_through(run, 30)  # subscribed, nothing outstanding
+        assert run.consumer.reached(SOURCE, 9)
+        assert not await run.consumer.wait_for(SOURCE, 20, 0.3)
+        await publish(nats_server.url, late, previous=previous)
+        assert await run.consumer.wait_for(SOURCE, 30, 5)
+        assert {b["id"] for b in first + late} <= await asyncio.to_thread(run.seen)
+
+
+async def test_events_that_never_come_hold_positions_only_for_a_while(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    first, late = _held_back(30, {10})
+    await publish(nats_server.url, first, previous=chain(first + late))
+    async with running(store, nats_server.url, hole_wait=1.5) as run:
+        await _applied_through(run, 30)
+        assert not run.consumer.reached(SOURCE, 20)
+        assert await run.consumer.wait_for(SOURCE, 20, 5)  # by waiting out the hole
+        assert not run.consumer.reached(SOURCE, 31)
+
+
+async def test_a_rejected_event_does_not_hold_the_positions_after_it(
+    store: dict[str, Any], nats_server: NatsServer
+) -> None:
+    bodies = goals_events(30)
+    bodies[9]["type"] = "okr.goals.cycle.renamed.v1"  # refused by the contract
+    await publish(nats_server.url, bodies, previous=chain(bodies))
+    async with running(store, nats_server.url) as run:
+        assert await run.consumer.wait_for(SOURCE, 30, 5)
+        assert bodies[9]["id"] not in await asyncio.to_thread(run.seen)
+        assert run.consumer.inbox.holes == {}

@@ -56,6 +56,10 @@ def assert_exactly_once_in_order(messages, app: GoalsApplication, count: int) ->
     # Exactly the stored events, each once, in the order of the service's log.
     assert sequences == stored
     assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"okr/goals:{s}" for s in stored]
+    # Each names the event before it in the log (0 before the first), whatever the gaps.
+    assert [m.headers[contract.PREVIOUS_HEADER] for m in messages] == [
+        str(s) for s in [0, *stored[:-1]]
+    ]
 
 
 async def wait_for(predicate, timeout: float = 30.0) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shared.consumer import InvalidMessage, Received, parse
+from shared.consumer import InvalidMessage, Received, link, parse
 
 SUBJECT = "okr.goals.key_result.defined"
 AGG = str(uuid.uuid4())
@@ -143,6 +143,30 @@ def test_what_is_not_an_envelope_is_refused(subject: str, payload: bytes) -> Non
 def test_a_message_id_naming_another_event_is_refused() -> None:
     with pytest.raises(InvalidMessage, match="Nats-Msg-Id"):
         parse(SUBJECT, encode(envelope()), "okr/goals:8")
+
+
+def test_the_predecessor_a_relay_names_is_read() -> None:
+    assert parse(SUBJECT, encode(envelope()), "okr/goals:7", "5").previous == 5
+    assert parse(SUBJECT, encode(envelope()), "okr/goals:7", "0").previous == 0
+    assert parse(SUBJECT, encode(envelope()), "okr/goals:7").previous is None
+
+
+@pytest.mark.parametrize("header", ["7", "8", "-1", "", "x", "1.5", " 5", "٣", "9" * 20])
+def test_a_predecessor_that_is_not_a_sequence_below_the_events_is_refused(header: str) -> None:
+    with pytest.raises(InvalidMessage, match="Okr-Previous-Sequence"):
+        parse(SUBJECT, encode(envelope()), "okr/goals:7", header)
+
+
+def test_a_rejected_message_settles_its_place_when_its_headers_name_it() -> None:
+    assert link("okr/goals:7", "5", SUBJECT) == ("okr/goals", 7, 5)
+    # Not named, or not consistently: nothing is settled.
+    assert link(None, "5", SUBJECT) is None
+    assert link("okr/goals:7", None, SUBJECT) is None
+    assert link("okr/checkins:7", "5", SUBJECT) is None
+    assert link("okr/goals:7", "7", SUBJECT) is None
+    assert link("okr/goals:0", "0", SUBJECT) is None
+    assert link("okr/goals:x", "0", SUBJECT) is None
+    assert link("okr/goals:7", "5", "okr") is None
 
 
 def test_a_type_the_contract_does_not_know_is_refused() -> None:
