@@ -11,7 +11,10 @@ nats-server. Then, one fault at a time:
 - every new event handed back (`nak`) by each consumer after it was applied: redelivered;
 - consumers that applied new events and never acknowledged them, restarted: redelivered to
   the new processes;
-- an aggregate's later event published before the one it follows.
+- an aggregate's later event published before the one it follows;
+- an event published after a later one of another aggregate (a relay's publish refused in the
+  middle of a page while the later ones were stored): applied at once, and no position past
+  the missing one counts as reached until it has come.
 
 Every view (the projections' reads, the catalogues, the reviews' latest check-ins, every
 consumer's tables, the goals store) is read in full before and after: duplicates must leave
@@ -487,16 +490,44 @@ def outbox(svc: RunningService, after: int) -> list[tuple[str, bytes, dict[str, 
     app = svc.runtime.app
     service = svc.runtime.settings.service
     messages = []
+    previous = after
     for n in app.recorder.select_notifications(after, 100, inclusive_of_start=False):
         event = app.mapper.to_domain_event(n)
         messages.append(
             (
                 contract.subject_for(service, type(event)),
                 contract.encode(contract.envelope(service, n.id, event)),
-                {"Nats-Msg-Id": contract.msg_id(f"okr/{service}", n.id)},
+                {
+                    "Nats-Msg-Id": contract.msg_id(f"okr/{service}", n.id),
+                    contract.PREVIOUS_HEADER: str(previous),
+                },
             )
         )
+        previous = n.id
     return messages
+
+
+async def republish(goals: RunningService, relay: Relay, up_to: int) -> float:
+    """A fresh relay in place of the stopped `relay` publishes the goals events again up to
+    `up_to`; how many JetStream reported as duplicates."""
+    before = await relay_duplicate_count(goals)
+    fresh = Relay(
+        goals.runtime.app,
+        "goals",
+        goals.runtime.link,
+        stream=relay.stream,
+        batch_size=relay.batch_size,
+        poll_interval=relay.poll_interval,
+        publish_timeout=relay.publish_timeout,
+    )
+    goals.runtime.relay = fresh
+    await fresh.start()
+
+    async def republished() -> bool:
+        return fresh.position >= up_to
+
+    await eventually(republished)
+    return await relay_duplicate_count(goals) - before
 
 
 async def test_an_event_published_before_its_predecessor_waits_for_it(system: System) -> None:
@@ -555,24 +586,7 @@ async def test_an_event_published_before_its_predecessor_waits_for_it(system: Sy
 
     # The relay comes back and publishes both again, with the same ids: dropped.
     stored = await system.stream_messages()
-    relay_duplicates = await relay_duplicate_count(goals)
-    fresh = Relay(
-        goals.runtime.app,
-        "goals",
-        goals.runtime.link,
-        stream=relay.stream,
-        batch_size=relay.batch_size,
-        poll_interval=relay.poll_interval,
-        publish_timeout=relay.publish_timeout,
-    )
-    goals.runtime.relay = fresh
-    await fresh.start()
-
-    async def republished() -> bool:
-        return fresh.position >= later["goals"]
-
-    await eventually(republished)
-    assert await relay_duplicate_count(goals) - relay_duplicates == 2
+    assert await republish(goals, relay, later["goals"]) == 2
     assert await system.stream_messages() == stored
     await quiet(s)
     elapsed = time.perf_counter() - started
@@ -599,3 +613,71 @@ async def relay_duplicate_count(svc: RunningService) -> float:
                 if sample.name.endswith("_total") and sample.labels["service"] == "goals":
                     return float(sample.value)
     return 0.0
+
+
+async def test_an_event_published_after_a_later_one_holds_the_positions_past_it(
+    system: System,
+) -> None:
+    """A new cycle, then a target adjustment of a key result (another aggregate), reach the
+    stream in the wrong order, as when the relay's publish of the first was refused in the
+    middle of a page and went out again after the rest. The adjustment applies at once
+    everywhere, yet no consumer counts its position as reached, and a read with
+    `min_position` answers 409, until the cycle has come: the adjustment's message named it
+    as its predecessor. The relay, restarted, publishes both again: dropped."""
+    s = system.services
+    goals = s["goals"]
+    at = await settle(s)
+    relay = goals.runtime.relay
+    await relay.stop()  # the two events stay in the store, unpublished
+    r = await goals.client.post(
+        "/v1/cycles", json={"name": "Q3", "starts_on": "2027-07-01", "ends_on": "2027-09-30"}
+    )
+    assert r.status_code == 201, r.text
+    r = await goals.client.post(
+        f"/v1/key-results/{system.key_result}/target", json={"target": 93, "reason": "to 93"}
+    )
+    assert r.status_code == 200, r.text
+    late = at["goals"] + 2
+    first, second = await asyncio.to_thread(outbox, goals, relay.position)
+    metrics = await counts(system)
+    followers = [c for _, c in consumers(s) if c.follows("goals")]
+    started = time.perf_counter()
+    await system.publish(second)
+
+    async def past_it() -> bool:
+        return all(c.positions.get("okr/goals", 0) >= late for c in followers)
+
+    await eventually(past_it)
+    assert not any(c.reached("okr/goals", late) for c in followers)
+    r = await s["projections"].client.get(f"/v1/audit?min_position=goals:{late}")
+    assert r.status_code == 409, r.text
+    assert "earlier events still to come" in r.json()["detail"]
+
+    await system.publish(first)
+    later = {**at, "goals": late}
+    await applied(s, later)
+    assert all(c.reached("okr/goals", late) for c in followers)
+    r = await s["projections"].client.get(f"/v1/audit?min_position=goals:{late}")
+    assert r.status_code == 200, r.text
+    await quiet(s)
+    grew = delta(metrics, await counts(system))
+    for follower in followers:
+        assert grew["applied"][follower.durable] == 2, (follower.durable, grew)
+
+    stored = await system.stream_messages()
+    assert await republish(goals, relay, late) == 2
+    assert await system.stream_messages() == stored
+    await quiet(s)
+    elapsed = time.perf_counter() - started
+    record(
+        "duplicates",
+        "a new cycle published after a later event of another aggregate (a relay's publish "
+        "refused mid-page); then the relay publishes both again",
+        "the later one applied at once; a read with min_position past the cycle answered 409 "
+        f"until it came, at each of the {len(followers)} consumers; the relay's copies "
+        "dropped by JetStream",
+        messages=2,
+        dropped_by_jetstream=2,
+        **figures(delta(metrics, await counts(system))),
+        seconds=round(elapsed, 2),
+    )

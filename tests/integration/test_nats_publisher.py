@@ -55,55 +55,45 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
     await client.close()
 
 
-async def test_a_message_is_the_bytes_nats_py_publishes(nc: Client) -> None:
+async def _published_by_nats_py(
+    nc: Client, body: bytes, reply: str, headers: dict[str, str]
+) -> list[bytes]:
+    """The bytes nats-py's `publish` hands the connection for one message."""
     written: list[bytes] = []
 
     async def record(cmd: bytes, priority: bool = False) -> None:
         written.append(cmd)
 
-    prefix = nc.new_inbox() + "."
-    publisher = JetStreamPublisher(nc, "OKR", prefix)
-    body = b'{"id":"x","data":{"name":"Q1 \xc3\xa9"}}'
     original = nc._send_command
     nc._send_command = record  # type: ignore[method-assign]
     try:
-        await nc.publish(
-            SUBJECT,
-            body,
-            reply=prefix + "17",
-            headers={"Nats-Msg-Id": "okr/goals:17", "Nats-Expected-Stream": "OKR"},
-        )
+        await nc.publish(SUBJECT, body, reply=reply, headers=headers)
     finally:
         nc._send_command = original  # type: ignore[method-assign]
+    return written
+
+
+async def test_a_message_is_the_bytes_nats_py_publishes(nc: Client) -> None:
+    prefix = nc.new_inbox() + "."
+    publisher = JetStreamPublisher(nc, "OKR", prefix)
+    body = b'{"id":"x","data":{"name":"Q1 \xc3\xa9"}}'
+    headers = {"Nats-Msg-Id": "okr/goals:17", "Nats-Expected-Stream": "OKR"}
+    written = await _published_by_nats_py(nc, body, prefix + "17", headers)
     assert written == [publisher.command(SUBJECT, 17, "okr/goals:17", body)]
 
 
 async def test_a_message_naming_its_predecessor_is_the_bytes_nats_py_publishes(
     nc: Client,
 ) -> None:
-    written: list[bytes] = []
-
-    async def record(cmd: bytes, priority: bool = False) -> None:
-        written.append(cmd)
-
     prefix = nc.new_inbox() + "."
     publisher = JetStreamPublisher(nc, "OKR", prefix)
     body = b'{"id":"x"}'
-    original = nc._send_command
-    nc._send_command = record  # type: ignore[method-assign]
-    try:
-        await nc.publish(
-            SUBJECT,
-            body,
-            reply=prefix + "3",
-            headers={
-                "Nats-Msg-Id": "okr/goals:42",
-                PREVIOUS_HEADER: "40",
-                "Nats-Expected-Stream": "OKR",
-            },
-        )
-    finally:
-        nc._send_command = original  # type: ignore[method-assign]
+    headers = {
+        "Nats-Msg-Id": "okr/goals:42",
+        PREVIOUS_HEADER: "40",
+        "Nats-Expected-Stream": "OKR",
+    }
+    written = await _published_by_nats_py(nc, body, prefix + "3", headers)
     assert written == [publisher.command(SUBJECT, 3, "okr/goals:42", body, 40)]
 
 
