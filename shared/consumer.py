@@ -406,12 +406,14 @@ def _settle_all(
     positions: Mapping[str, int],
     holes: Mapping[str, list[Hole]],
     wait: float,
+    *,
+    expire: bool = True,
 ) -> _Settled:
     """Settle (source, sequence, previous)s against the positions and holes held before
-    them; holes open longer than `wait` expire (logged)."""
+    them; holes open longer than `wait` expire (logged), unless not to `expire` now."""
     now = time.time()
     working: dict[str, list[Hole]] = {}
-    for source, open_holes in holes.items():
+    for source, open_holes in holes.items() if expire else ():
         kept, dropped = expired(open_holes, now, wait)
         if dropped:
             working[source] = kept
@@ -766,31 +768,27 @@ class ProcessInbox:
     ) -> tuple[list[Outcome], dict[int, str]]:
         outcomes = [Outcome.INVALID] * len(events)
         invalid: dict[int, str] = {}
-        before = dict(self.positions)
         order = sorted(range(len(events)), key=lambda i: (events[i].source, events[i].sequence))
         for i in order:
             outcome, reason = self._process_one(events[i])
             outcomes[i] = outcome
             if reason is not None:
                 invalid[i] = reason
-        # Each event's effect was saved with its inbox record; what they settled in their
-        # sources' order is recorded after them, when it changed anything (rarely: the stream
-        # held a source out of order, or an event was a duplicate or invalid past the
-        # position). A crash in between leaves a hole to expire, or one not seen. (If the
-        # store fails before, the batch comes again, its events then duplicates.)
+        # An applied event's holes were saved with its effect. What the others settled (a
+        # duplicate, an invalid one, one rejected before) is recorded now, when it changed
+        # anything: rarely.
         self._settle(
             [
                 (ev.source, ev.sequence, ev.previous)
                 for ev, outcome in zip(events, outcomes, strict=True)
-                if outcome is not Outcome.EARLY
+                if outcome in (Outcome.DUPLICATE, Outcome.INVALID)
             ]
-            + list(rejected),
-            before,
+            + list(rejected)
         )
         return outcomes, invalid
 
-    def _settle(self, links: list[tuple[str, int, int | None]], before: dict[str, int]) -> None:
-        settled = _settle_all(self.consumer, links, before, self.holes, self.hole_wait)
+    def _settle(self, links: list[tuple[str, int, int | None]]) -> None:
+        settled = _settle_all(self.consumer, links, self.positions, self.holes, self.hole_wait)
         moved = {s: t for s, t in settled.tops.items() if t > self.positions.get(s, 0)}
         if moved or settled.holes:
             with self.db.transaction() as tx:
@@ -837,12 +835,23 @@ class ProcessInbox:
                 raise
             except Exception as e:
                 return Outcome.INVALID, f"{type(e).__name__}: {e}"
+            # Its place in its source's order, saved with its effect.
+            settled = _settle_all(
+                self.consumer,
+                [(event.source, event.sequence, event.previous)],
+                self.positions,
+                self.holes,
+                self.hole_wait,
+                expire=False,
+            )
+            holes = settled.holes.get(event.source)
             record = InboxRecord(
                 self.consumer,
                 event.source,
                 event.aggregate_key,
                 event.aggregate_version,
                 event.sequence,
+                None if holes is None else tuple(holes),
             )
             try:
                 if aggregates:
@@ -859,6 +868,8 @@ class ProcessInbox:
                     len(aggregates),
                 )
             self.positions[event.source] = max(self.positions.get(event.source, 0), event.sequence)
+            if holes is not None:
+                self.holes = {s: h for s, h in (self.holes | {event.source: holes}).items() if h}
             return Outcome.APPLIED, None
         raise PersistenceError(f"{event.type} {event.id} kept conflicting; will retry")
 

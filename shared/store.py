@@ -153,6 +153,9 @@ class InboxRecord:
     aggregate_id: str
     version: int
     sequence: int
+    # The source's holes once this event is settled, (after, through, opened) each
+    # (`shared/holes.py`), when the event changed them; None when it did not.
+    holes: tuple[tuple[int, int, float], ...] | None = None
 
 
 class Logged(NamedTuple):
@@ -236,6 +239,17 @@ def _inbox_rows(
     versions = [(r.consumer, r.source, r.aggregate_id, r.version) for r in records]
     positions = [(r.consumer, r.source, r.sequence, 1) for r in records]
     return versions, positions
+
+
+def _hole_rows(
+    records: Sequence[InboxRecord],
+) -> list[tuple[tuple[str, str], list[tuple[Any, ...]]]]:
+    """Per (consumer, source) whose holes a record changed, the rows they are now."""
+    return [
+        ((r.consumer, r.source), [(r.consumer, r.source, *h) for h in r.holes])
+        for r in records
+        if r.holes is not None
+    ]
 
 
 class RewindRefused(ValueError):
@@ -446,6 +460,9 @@ class SQLiteStoreRecorder(_TrackingMoves, SQLiteProcessRecorder):
             c.execute(dialect(UPSERT_INBOX_VERSION, None), row)
         for row in positions:
             c.execute(dialect(UPSERT_INBOX_POSITION, None), row)
+        for key, holes in _hole_rows(records):
+            c.execute(dialect(DELETE_INBOX_HOLES, None), key)
+            c.executemany(dialect(INSERT_INBOX_HOLE, None), holes)
 
     def record_inbox(self, records: Sequence[InboxRecord]) -> None:
         """Inbox records of events that caused no event of ours."""
@@ -654,6 +671,8 @@ class PostgresStoreRecorder(_TrackingMoves, PostgresProcessRecorder):
         self._upsert_document = dialect(UPSERT_DOCUMENT, self.datastore.schema)
         self._upsert_version = dialect(UPSERT_INBOX_VERSION, self.datastore.schema)
         self._upsert_position = dialect(UPSERT_INBOX_POSITION, self.datastore.schema)
+        self._delete_holes = dialect(DELETE_INBOX_HOLES, self.datastore.schema)
+        self._insert_hole = dialect(INSERT_INBOX_HOLE, self.datastore.schema)
         self._tracking = _TrackingStatements.of(self.tracking_table_name, self.datastore.schema)
         self._read_log = SQL(
             "SELECT notification_id, originator_id::text, originator_version, topic, state"
@@ -748,6 +767,10 @@ class PostgresStoreRecorder(_TrackingMoves, PostgresProcessRecorder):
             curs.execute(self._upsert_version, row)
         for row in positions:
             curs.execute(self._upsert_position, row)
+        for key, holes in _hole_rows(records):
+            curs.execute(self._delete_holes, key)
+            for hole in holes:
+                curs.execute(self._insert_hole, hole)
 
     def record_inbox(self, records: Sequence[InboxRecord]) -> None:
         """Inbox records of events that caused no event of ours."""

@@ -87,3 +87,29 @@ def test_what_a_consumer_lacks_is_kept_in_the_store(
     assert inbox.holes == {}
     assert inbox.positions == {SOURCE: 6}
     app.close()
+
+
+def test_a_policys_inbox_saves_an_applied_events_holes_with_its_effect(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = GoalsSettings(jwt_secret=SECRET, **store)
+    events = _events()
+    app = GoalsApplication(store_env(settings))
+    inbox = ProcessInbox(app, "holes", Ignores())
+    inbox.setup()
+
+    def crash(*args: Any) -> None:
+        raise RuntimeError("the process died after the events' saves")
+
+    monkeypatch.setattr(inbox, "_settle", crash)
+    with pytest.raises(RuntimeError):
+        inbox.process([events[1], events[5]])
+    app.close()
+
+    app = GoalsApplication(store_env(settings))
+    inbox = ProcessInbox(app, "holes", Ignores())
+    inbox.setup()
+    assert inbox.positions == {SOURCE: 5}
+    [hole] = inbox.holes[SOURCE]
+    assert (hole.after, hole.through) == (1, 4)
+    app.close()
