@@ -1,7 +1,9 @@
 """The relay: the service's own event store is its outbox.
 
 It tails the notification log, publishes each stored event to JetStream as a CloudEvents
-envelope (after commit, in log order, pipelined in batches), and records in the same store how
+envelope (after commit, in log order, pipelined in batches, each message naming the event
+before it in the log: `Okr-Previous-Sequence`, which tells consumers what they still lack
+when a failed publish goes out again after later ones), and records in the same store how
 far it got (every `RECORD_AFTER_EVENTS` events through a backlog, and at most once a second
 under a trickle). Each save also hands it the events it committed (`offer`): when they are
 the next ones of the log, it publishes them without reading them back from the store. After a
