@@ -81,6 +81,7 @@ from shared.telemetry import (
     CONSUMER_DUPLICATES,
     CONSUMER_FAILURES,
     CONSUMER_HOLES,
+    CONSUMER_HOLES_EXPIRED,
     CONSUMER_LAG,
     CONSUMER_LAG_EVENTS,
     CONSUMER_LAG_SECONDS,
@@ -398,6 +399,7 @@ class _Settled:
 
     tops: dict[str, int]
     holes: dict[str, list[Hole]]
+    expired: int = 0  # holes given up
 
 
 def _settle_all(
@@ -425,6 +427,7 @@ def _settle_all(
                 ", ".join(f"{h.after + 1}-{h.through}" for h in dropped),
                 wait,
             )
+    given_up = sum(len(holes[s]) - len(kept) for s, kept in working.items())
     tops: dict[str, int] = {}
     # By (source, sequence) alone: one event twice in a batch may say its predecessor once
     # and not the other time, and None does not compare with a number.
@@ -438,7 +441,7 @@ def _settle_all(
         if after != current:
             working[source] = after
     changed = {s: h for s, h in working.items() if h != holes.get(s, [])}
-    return _Settled(tops, changed)
+    return _Settled(tops, changed, given_up)
 
 
 def _place(link: tuple[str, int, int | None]) -> tuple[str, int]:
@@ -483,6 +486,7 @@ class Inbox:
         # long a hole holds readers.
         self.holes: dict[str, list[Hole]] = {}
         self.hole_wait = hole_wait
+        self.holes_expired = 0  # holes given up since the start (committed)
         # A batch commits without waiting for the disk (the reads see it at once); the
         # consumer acknowledges its messages only after `sync`, shared by the batches of a
         # short while: one flush for many commits. Lost by a power cut (or a PostgreSQL
@@ -641,6 +645,7 @@ class Inbox:
             self.holes = {
                 s: h for s, h in (self.holes | settled.holes).items() if h
             }  # a new dict: the consumer's readers hold the one before
+        self.holes_expired += settled.expired
         return outcomes
 
     def sync(self) -> None:
@@ -750,6 +755,7 @@ class ProcessInbox:
         self.positions: dict[str, int] = {}
         self.holes: dict[str, list[Hole]] = {}
         self.hole_wait = hole_wait
+        self.holes_expired = 0  # holes given up since the start (committed)
 
     def sync(self) -> None:
         """Nothing to do: see `defers_sync`."""
@@ -797,6 +803,7 @@ class ProcessInbox:
                 _write_holes(tx, self.consumer, settled.holes)
             self.positions |= moved
             self.holes = {s: h for s, h in (self.holes | settled.holes).items() if h}
+            self.holes_expired += settled.expired
 
     def _version(self, event: Received) -> int:
         with self.db.transaction(commit=False) as tx:
@@ -989,6 +996,7 @@ class Consumer:
         # copied once a batch's outcomes are settled here; and the inbox's holes with them.
         self._released: dict[str, int] = {}
         self._holes: dict[str, list[Hole]] = {}
+        self._holes_expired = 0  # the inbox's count, as last counted in the metric
         # Events taken but not applied, handed back to come again (a failed batch, one that
         # arrived early): per source, sequence -> stream sequence. A position at or past one
         # of them is not reached, whatever was applied after it.
@@ -1057,6 +1065,8 @@ class Consumer:
     # --- control ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # At 0 from the start: an alert on its increase sees the first one.
+        CONSUMER_HOLES_EXPIRED.labels(self.service, self.name)
         await self._worker.run(self.inbox.setup)
         self._release()
         self._task = asyncio.create_task(self.run(), name=f"{self.durable}-consumer")
@@ -1090,6 +1100,12 @@ class Consumer:
         """Let readers see what the inbox committed: its positions, and its holes."""
         self._released.update(self.inbox.positions)
         self._holes = self.inbox.holes
+        expired = self.inbox.holes_expired
+        if expired > self._holes_expired:
+            CONSUMER_HOLES_EXPIRED.labels(self.service, self.name).inc(
+                expired - self._holes_expired
+            )
+        self._holes_expired = expired
 
     async def wait_for(self, source: str, sequence: int, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait (bounded) until events of `source` up to `sequence` have been applied."""

@@ -109,6 +109,11 @@ CONSUMER_POSITION = Gauge(
     "Highest sequence settled (applied, or a duplicate or rejected one past it), per source",
     ["service", "consumer", "source"],
 )
+CONSUMER_HOLES_EXPIRED = Counter(
+    "okr_consumer_holes_expired_total",
+    "Holes given up: sequences of a source that never came within the wait (lost events)",
+    ["service", "consumer"],
+)
 CONSUMER_HOLES = Gauge(
     "okr_consumer_missing_sequences",
     "Sequences of a source the consumer is past and still lacks (at most; the log has gaps)",

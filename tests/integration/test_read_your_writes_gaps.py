@@ -35,7 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared import consumer as consumer_module
 from shared.consumer import Consumer
 from shared.pull import ContinuousPull, delivery
-from shared.telemetry import CONSUMER_HOLES
+from shared.telemetry import CONSUMER_HOLES, CONSUMER_HOLES_EXPIRED
 from tests.integration.consumers import (
     SOURCE,
     chain,
@@ -323,13 +323,21 @@ async def test_events_still_to_come_are_still_awaited_after_a_restart(
 async def test_events_that_never_come_hold_positions_only_for_a_while(
     store: dict[str, Any], nats_server: NatsServer
 ) -> None:
-    first, late = _held_back(30, {10})
-    await publish(nats_server.url, first, previous=chain(first + late))
+    first, late = _held_back(31, {10})
+    previous = chain(first + late)
+    await publish(nats_server.url, first[:-1], previous=previous)
+    given_up = CONSUMER_HOLES_EXPIRED.labels("projections", "gaps")
+    before = given_up._value.get()
     async with running(store, nats_server.url, hole_wait=1.5) as run:
         await _applied_through(run, 30)
         assert not run.consumer.reached(SOURCE, 20)
         assert await run.consumer.wait_for(SOURCE, 20, 5)  # by waiting out the hole
         assert not run.consumer.reached(SOURCE, 31)
+        # The next batch forgets the hole, and counts it for operators.
+        await publish(nats_server.url, first[-1:], previous=previous)
+        assert await run.consumer.wait_for(SOURCE, 31, 5)
+        assert run.consumer.inbox.holes == {}
+        assert given_up._value.get() == before + 1
 
 
 async def test_a_rejected_event_does_not_hold_the_positions_after_it(

@@ -66,6 +66,7 @@ REQUIRED_ALERTS = {
     "OkrConsumerLagSecondsHigh",
     "OkrConsumerRejecting",
     "OkrConsumerReschedulingPersistently",
+    "OkrConsumerMissingEvents",
     "OkrHttpErrorRateHigh",
     "OkrCommandLatencyHigh",
     "NatsDown",
@@ -340,6 +341,15 @@ def test_alerts_fire_on_what_they_describe(rules: list[dict[str, Any]], tmp_path
                 f'okr_consumer_rescheduled_total{{{checkins}, consumer="catalogue"}}': "0 1 2 2x57",
             },
             "at": {"50m": ['{service="goals", consumer="catalogue"}']},
+        },
+        {
+            # One hole given up fires at once; the count not growing for 15 minutes clears it.
+            "alert": "OkrConsumerMissingEvents",
+            "series": {
+                f'okr_consumer_holes_expired_total{{{checkins}, consumer="catalogue"}}': "0x5 1x40",
+                f'okr_consumer_holes_expired_total{{{goals}, consumer="carry-over"}}': "0x45",
+            },
+            "at": {"10m": ['{service="checkins", consumer="catalogue"}'], "40m": []},
         },
         {
             # The exporter answers but NATS does not: its series are gone.
