@@ -58,7 +58,7 @@ from nats.js.errors import NotFoundError
 from shared.contract import PREVIOUS_HEADER, UUID_TEXT
 from shared.contract.events import UnknownEventType, check_data
 from shared.domain import CommandContext, DomainError, command_context
-from shared.holes import HOLE_WAIT_S, Hole, blocks, expired, settle
+from shared.holes import HOLE_WAIT_S, Hole, blocks, expired, merged, settle
 from shared.logs import bind
 from shared.nats import NatsLink, acknowledge_all
 from shared.pull import ContinuousPull, Delivery, delivery
@@ -642,9 +642,7 @@ class Inbox:
         for source, position in positions.items():
             self.positions[source] = max(self.positions.get(source, 0), position)
         if settled.holes:
-            self.holes = {
-                s: h for s, h in (self.holes | settled.holes).items() if h
-            }  # a new dict: the consumer's readers hold the one before
+            self.holes = merged(self.holes, settled.holes)
         self.holes_expired += settled.expired
         return outcomes
 
@@ -802,7 +800,7 @@ class ProcessInbox:
                     tx.execute(UPSERT_INBOX_POSITION, (self.consumer, source, top, 0))
                 _write_holes(tx, self.consumer, settled.holes)
             self.positions |= moved
-            self.holes = {s: h for s, h in (self.holes | settled.holes).items() if h}
+            self.holes = merged(self.holes, settled.holes)
             self.holes_expired += settled.expired
 
     def _version(self, event: Received) -> int:
@@ -876,7 +874,7 @@ class ProcessInbox:
                 )
             self.positions[event.source] = max(self.positions.get(event.source, 0), event.sequence)
             if holes is not None:
-                self.holes = {s: h for s, h in (self.holes | {event.source: holes}).items() if h}
+                self.holes = merged(self.holes, {event.source: holes})
             return Outcome.APPLIED, None
         raise PersistenceError(f"{event.type} {event.id} kept conflicting; will retry")
 

@@ -18,7 +18,7 @@ expires, and is logged then.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 # How long an open hole holds readers. Longer than a relay takes to publish a failed message
@@ -67,6 +67,14 @@ def _cut(holes: Sequence[Hole], low: int, high: int) -> list[Hole]:
         if hole.through > high:
             kept.append(Hole(high, hole.through, hole.opened))
     return kept
+
+
+def merged(
+    holes: Mapping[str, list[Hole]], changed: Mapping[str, list[Hole]]
+) -> dict[str, list[Hole]]:
+    """The holes per source with those of `changed` in place, sources without any left out:
+    a new dict, since readers may hold the one before."""
+    return {source: h for source, h in {**holes, **changed}.items() if h}
 
 
 def blocks(holes: Sequence[Hole], sequence: int, now: float, wait: float = HOLE_WAIT_S) -> bool:
